@@ -1,0 +1,1 @@
+//! haltgate: a reverse proxy that halts an agent session when a tool call shows it lost access.
