@@ -1,1 +1,32 @@
-//! haltgate: a reverse proxy that halts an agent session when a tool call shows it lost access.
+//! haltgate: a reverse proxy between AI agents and the provider APIs they call as tools.
+//!
+//! When a tool call shows that the agent lost access (bot removed from a channel, app
+//! uninstalled, token revoked), haltgate closes the agent's session, cancels its pending
+//! wakeups and answers with a synthetic halt response, so no later call burns tokens against
+//! the same wall.
+//!
+//! # Path of one request
+//! 1. [`server`] accepts the connection (HTTP/1.1 or HTTP/2) and hands each request to the stack.
+//! 2. [`ingress::Ingress`] refuses forward-proxy use, resolves the route from the first path
+//!    segment ([`route`]), and turns forwarding failures into [`synthetic`] answers.
+//! 3. [`forward::Forward`] rewrites the request for its upstream and sends it through the
+//!    pooled [`upstream`] client; the answer streams back through the same layers.
+//!
+//! # Layout
+//! - [`app`]: assembles listeners, stack and shutdown from a [`config::Config`].
+//! - [`config`]: the file format, flag overrides and validation.
+//! - [`control`]: health, readiness and the control API.
+//! - [`body`], [`shutdown`]: the body type and the shutdown signal every layer shares.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod control;
+pub mod forward;
+pub mod ingress;
+pub mod route;
+pub mod server;
+pub mod shutdown;
+pub mod synthetic;
+pub mod upstream;

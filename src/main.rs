@@ -1,1 +1,128 @@
-fn main() {}
+//! The `haltgate` command: parses arguments and hands off to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use haltgate::app::App;
+use haltgate::config::{Config, ConfigSpec, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "haltgate",
+    version,
+    about = "Halts agent sessions that lost access to their tools."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file; flags win over it. Read only when given, or when ./haltgate.toml exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address for agent traffic [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Address of the control API [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    control_listen: Option<String>,
+    /// Directory of rule files [default: ./rules].
+    #[arg(long, value_name = "DIR")]
+    rules: Option<PathBuf>,
+    /// Session store: redb:PATH or redis://HOST:PORT/DB [default: redb:haltgate.redb].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// NAME=URL: send /NAME/REST to URL/REST. Repeatable.
+    #[arg(long = "route", value_name = "NAME=URL")]
+    routes: Vec<String>,
+    /// PEM file with extra CA certificates trusted for upstream TLS.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Option<PathBuf>,
+    /// Upstream TCP connect timeout, e.g. 5s [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    connect_timeout: Option<String>,
+    /// Time allowed until upstream response headers, e.g. 60s [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    response_header_timeout: Option<String>,
+    /// Drain deadline for in-flight requests at shutdown [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    shutdown_grace: Option<String>,
+    /// Largest response body inspected by the rules, in bytes [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HALTGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (spec, source) = match &args.config {
+        Some(path) => (ConfigSpec::load(path)?, path.display().to_string()),
+        None if std::path::Path::new("haltgate.toml").exists() => (
+            ConfigSpec::load("haltgate.toml".as_ref())?,
+            "haltgate.toml".to_owned(),
+        ),
+        None => (ConfigSpec::default(), "flags".to_owned()),
+    };
+    let flags = Overrides {
+        listen: args.listen,
+        control_listen: args.control_listen,
+        rules: args.rules,
+        store: args.store,
+        routes: args.routes,
+        upstream_ca: args.upstream_ca,
+        connect_timeout: args.connect_timeout,
+        response_header_timeout: args.response_header_timeout,
+        shutdown_grace: args.shutdown_grace,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let config = Config::resolve(spec, flags, &source)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let app = App::start(config).await?;
+        wait_for_signal().await;
+        tracing::info!("Shutting down: draining in-flight requests.");
+        app.shutdown();
+        app.wait().await;
+        tracing::info!("Stopped.");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

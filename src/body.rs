@@ -1,0 +1,34 @@
+//! The one body type that flows through the proxy stack, both ways.
+
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+
+/// Error type carried through bodies and services: whatever failed, boxed.
+///
+/// Boundary errors (upstream connect, timeouts) are concrete types found again by walking the
+/// source chain; the hot path never allocates one.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request or response body inside the proxy: streamed, type-erased, `Send`.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes`, sent in one frame.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A body with no data.
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Erases the concrete type of any body whose error converts to [`BoxError`].
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}

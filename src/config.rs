@@ -1,0 +1,396 @@
+//! Configuration: the raw file format ([`ConfigSpec`]), flag overrides ([`Overrides`]), and the
+//! validated result ([`Config`]). Validation reports every problem at once.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::route::{Route, RouteTable};
+use crate::upstream::{read_ca_file, UpstreamSettings};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_RULES_DIR: &str = "./rules";
+pub const DEFAULT_STORE: &str = "redb:haltgate.redb";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// `haltgate.toml` as written. Every table rejects unknown fields.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    pub listen: Option<String>,
+    pub control_listen: Option<String>,
+    pub rules: Option<PathBuf>,
+    pub store: Option<String>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT, e.g. `"10s"`.
+    pub shutdown_grace: Option<String>,
+    #[serde(default)]
+    pub upstream: UpstreamSpec,
+    #[serde(default)]
+    pub inspect: InspectSpec,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    pub connect_timeout: Option<String>,
+    pub response_header_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle_per_host: Option<usize>,
+    /// PEM file of extra trust anchors for upstream TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectSpec {
+    /// Bodies larger than this pass through uninspected.
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub name: String,
+    pub url: String,
+    /// Rule file that applies; defaults to `name`.
+    pub provider: Option<String>,
+}
+
+/// Values given on the command line; each one set wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub control_listen: Option<String>,
+    pub rules: Option<PathBuf>,
+    pub store: Option<String>,
+    /// `NAME=URL` pairs. A name also in the file keeps the file's provider.
+    pub routes: Vec<String>,
+    pub upstream_ca: Option<PathBuf>,
+    pub connect_timeout: Option<String>,
+    pub response_header_timeout: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub max_body_bytes: Option<usize>,
+}
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub control_listen: SocketAddr,
+    pub rules_dir: PathBuf,
+    pub store: String,
+    pub shutdown_grace: Duration,
+    pub upstream: UpstreamSettings,
+    pub max_body_bytes: usize,
+    pub routes: RouteTable,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub errors: Vec<String>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({}):", self.source)?;
+        for error in &self.errors {
+            writeln!(f, "  - {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigSpec {
+    pub fn from_toml(text: &str, source: &str) -> Result<Self, ConfigErrors> {
+        toml::from_str(text).map_err(|e| ConfigErrors {
+            source: source.to_owned(),
+            errors: vec![e.to_string()],
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source: source.clone(),
+            errors: vec![format!("cannot read: {e}")],
+        })?;
+        Self::from_toml(&text, &source)
+    }
+}
+
+impl Config {
+    /// Merges the file and the flags, then validates everything, collecting all errors.
+    pub fn resolve(spec: ConfigSpec, flags: Overrides, source: &str) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+
+        let mut addr = |field: &str, value: Option<String>, default: &str| -> SocketAddr {
+            let text = value.unwrap_or_else(|| default.to_owned());
+            text.parse().unwrap_or_else(|_| {
+                errors.push(format!(
+                    "{field}: {text:?} is not an IP:PORT socket address"
+                ));
+                default.parse().expect("default address parses")
+            })
+        };
+        let listen = addr("listen", flags.listen.or(spec.listen), DEFAULT_LISTEN);
+        let control_listen = addr(
+            "control_listen",
+            flags.control_listen.or(spec.control_listen),
+            DEFAULT_CONTROL_LISTEN,
+        );
+        if listen == control_listen && listen.port() != 0 {
+            errors.push(format!("listen and control_listen are both {listen}"));
+        }
+
+        let mut duration = |field: &str, value: Option<String>, default: Duration| -> Duration {
+            match value {
+                None => default,
+                Some(text) => parse_duration(&text).unwrap_or_else(|e| {
+                    errors.push(format!("{field}: {e}"));
+                    default
+                }),
+            }
+        };
+        let defaults = UpstreamSettings::default();
+        let shutdown_grace = duration(
+            "shutdown_grace",
+            flags.shutdown_grace.or(spec.shutdown_grace),
+            Duration::from_secs(10),
+        );
+        let connect_timeout = duration(
+            "upstream.connect_timeout",
+            flags.connect_timeout.or(spec.upstream.connect_timeout),
+            defaults.connect_timeout,
+        );
+        let response_header_timeout = duration(
+            "upstream.response_header_timeout",
+            flags
+                .response_header_timeout
+                .or(spec.upstream.response_header_timeout),
+            defaults.response_header_timeout,
+        );
+        let pool_idle_timeout = duration(
+            "upstream.pool_idle_timeout",
+            spec.upstream.pool_idle_timeout,
+            defaults.pool_idle_timeout,
+        );
+
+        let mut extra_roots = Vec::new();
+        if let Some(path) = flags.upstream_ca.or(spec.upstream.ca_file) {
+            match read_ca_file(&path) {
+                Ok(certs) => extra_roots = certs,
+                Err(e) => errors.push(format!("upstream.ca_file: {e}")),
+            }
+        }
+
+        let max_body_bytes = flags
+            .max_body_bytes
+            .or(spec.inspect.max_body_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            errors.push("inspect.max_body_bytes must be at least 1".to_owned());
+        }
+
+        let routes = resolve_routes(spec.routes, &flags.routes, &mut errors);
+
+        let store = flags
+            .store
+            .or(spec.store)
+            .unwrap_or_else(|| DEFAULT_STORE.to_owned());
+        if !(store.starts_with("redb:")
+            || store.starts_with("redis://")
+            || store.starts_with("rediss://"))
+        {
+            errors.push(format!(
+                "store: {store:?} must be redb:PATH or redis://HOST:PORT/DB"
+            ));
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors {
+                source: source.to_owned(),
+                errors,
+            });
+        }
+        Ok(Config {
+            listen,
+            control_listen,
+            rules_dir: flags
+                .rules
+                .or(spec.rules)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_RULES_DIR)),
+            store,
+            shutdown_grace,
+            upstream: UpstreamSettings {
+                connect_timeout,
+                response_header_timeout,
+                pool_idle_timeout,
+                pool_max_idle_per_host: spec
+                    .upstream
+                    .pool_max_idle_per_host
+                    .unwrap_or(defaults.pool_max_idle_per_host),
+                extra_roots,
+            },
+            max_body_bytes,
+            routes: routes.unwrap_or_default(),
+        })
+    }
+}
+
+fn resolve_routes(
+    file: Vec<RouteSpec>,
+    flags: &[String],
+    errors: &mut Vec<String>,
+) -> Option<RouteTable> {
+    // (name, provider, url) in first-seen order; a flag replaces the URL of a file route.
+    let mut merged: Vec<(String, Option<String>, String)> = file
+        .into_iter()
+        .map(|r| (r.name, r.provider, r.url))
+        .collect();
+    for flag in flags {
+        let Some((name, url)) = flag.split_once('=') else {
+            errors.push(format!("--route {flag:?}: expected NAME=URL"));
+            continue;
+        };
+        match merged.iter_mut().find(|(n, _, _)| n == name) {
+            Some(existing) => existing.2 = url.to_owned(),
+            None => merged.push((name.to_owned(), None, url.to_owned())),
+        }
+    }
+    if merged.is_empty() {
+        merged = RouteTable::known_providers()
+            .into_iter()
+            .map(|(name, url)| (name.to_owned(), None, url.to_owned()))
+            .collect();
+    }
+    let mut routes = Vec::new();
+    for (name, provider, url) in merged {
+        let provider = provider.unwrap_or_else(|| name.clone());
+        match Route::new(&name, &provider, &url) {
+            Ok(route) => routes.push(route),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    match RouteTable::new(routes) {
+        Ok(table) => Some(table),
+        Err(e) => {
+            errors.push(e.to_string());
+            None
+        }
+    }
+}
+
+/// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like \"500ms\", \"10s\" or \"2m\""))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{text:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_give_known_provider_routes() {
+        let config = Config::resolve(ConfigSpec::default(), Overrides::default(), "test").unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.store, DEFAULT_STORE);
+        let slack = config.routes.get("slack").unwrap();
+        assert_eq!(slack.url(), "https://slack.com");
+        assert!(config.routes.get("github").is_some());
+        assert!(config.routes.get("linear").is_some());
+        assert!(config.routes.get("anthropic").is_some());
+    }
+
+    #[test]
+    fn flags_win_and_file_keeps_provider() {
+        let spec = ConfigSpec::from_toml(
+            r#"
+            listen = "127.0.0.1:1"
+            [[route]]
+            name = "mcp-files"
+            url = "https://files.example.com/mcp"
+            provider = "mcp"
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        let flags = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            routes: vec![
+                "mcp-files=http://127.0.0.1:9/mcp".into(),
+                "echo=http://127.0.0.1:9".into(),
+            ],
+            ..Overrides::default()
+        };
+        let config = Config::resolve(spec, flags, "t.toml").unwrap();
+        assert_eq!(config.listen.port(), 2);
+        let mcp = config.routes.get("mcp-files").unwrap();
+        assert_eq!(&*mcp.provider, "mcp");
+        assert_eq!(mcp.url(), "http://127.0.0.1:9/mcp");
+        assert!(
+            config.routes.get("slack").is_none(),
+            "configured routes replace the defaults"
+        );
+    }
+
+    #[test]
+    fn reports_every_error_at_once() {
+        let flags = Overrides {
+            listen: Some("nope".into()),
+            store: Some("postgres://x".into()),
+            routes: vec!["noequals".into(), "Bad=http://x".into()],
+            shutdown_grace: Some("10 parsecs".into()),
+            ..Overrides::default()
+        };
+        let errors = Config::resolve(ConfigSpec::default(), flags, "flags").unwrap_err();
+        assert_eq!(errors.errors.len(), 5, "{errors}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let err = ConfigSpec::from_toml("lisen = \"x\"", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1d").is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! The innermost service: sends a routed request to its upstream and streams the answer back.
+//!
+//! Forwarding is transparent: bodies stream untouched both ways, path and query are copied
+//! byte-exact, end-to-end headers pass as they are. Only what RFC 9110 §7.6.1 calls hop-by-hop
+//! is dropped, `Host` becomes the upstream's, and every `x-haltgate-*` request header stays here.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use tower_service::Service;
+
+use crate::body::{self, BoxError, ProxyBody};
+use crate::route::Target;
+use crate::upstream::UpstreamClient;
+
+/// Prefix of the headers by which an agent talks to the proxy; never sent upstream.
+pub const HALTGATE_HEADER_PREFIX: &str = "x-haltgate-";
+
+/// Why a request did not get an upstream response.
+#[derive(Debug, thiserror::Error)]
+#[error("route {route}: {kind}")]
+pub struct ForwardError {
+    pub route: Arc<str>,
+    pub kind: ForwardErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardErrorKind {
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("no response headers within {0:?}")]
+    ResponseTimeout(Duration),
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream exchange failed: {0}")]
+    Exchange(String),
+    #[error("request was not routed")]
+    Unrouted,
+}
+
+/// Sends requests carrying a [`Target`] extension to their upstream.
+#[derive(Clone)]
+pub struct Forward {
+    client: UpstreamClient,
+    response_header_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Forward {
+    pub fn new(
+        client: UpstreamClient,
+        connect_timeout: Duration,
+        response_header_timeout: Duration,
+    ) -> Self {
+        Self {
+            client,
+            connect_timeout,
+            response_header_timeout,
+        }
+    }
+}
+
+impl Service<Request<ProxyBody>> for Forward {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pooled client queues internally; readiness is always immediate.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+        let client = self.client.clone();
+        let response_header_timeout = self.response_header_timeout;
+        let connect_timeout = self.connect_timeout;
+        Box::pin(async move {
+            let Some(target) = request.extensions().get::<Target>().cloned() else {
+                return Err(ForwardError {
+                    route: "".into(),
+                    kind: ForwardErrorKind::Unrouted,
+                }
+                .into());
+            };
+            let route = target.route.name.clone();
+            let upstream_request = upstream_request(request, &target);
+            let sent =
+                tokio::time::timeout(response_header_timeout, client.request(upstream_request));
+            let response = match sent.await {
+                Err(_) => {
+                    return Err(ForwardError {
+                        route,
+                        kind: ForwardErrorKind::ResponseTimeout(response_header_timeout),
+                    }
+                    .into())
+                }
+                Ok(Err(error)) => {
+                    return Err(ForwardError {
+                        route,
+                        kind: classify_client_error(&error, connect_timeout),
+                    }
+                    .into())
+                }
+                Ok(Ok(response)) => response,
+            };
+            let (mut parts, incoming) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, body::boxed(incoming)))
+        })
+    }
+}
+
+fn upstream_request(request: Request<ProxyBody>, target: &Target) -> Request<ProxyBody> {
+    let (mut parts, body) = request.into_parts();
+    parts.uri = target.uri.clone();
+    // The upstream speaks whatever version the pool negotiated; HTTP/2 from the agent must not
+    // force HTTP/2 on an HTTP/1.1-only upstream.
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    strip_haltgate_headers(&mut parts.headers);
+    if let Ok(host) = HeaderValue::from_str(target.route.authority.as_str()) {
+        parts.headers.insert(header::HOST, host);
+    }
+    Request::from_parts(parts, body)
+}
+
+fn classify_client_error(
+    error: &hyper_util::client::legacy::Error,
+    connect_timeout: Duration,
+) -> ForwardErrorKind {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::TimedOut && error.is_connect() {
+                return ForwardErrorKind::ConnectTimeout(connect_timeout);
+            }
+        }
+        source = cause.source();
+    }
+    let detail = error_chain(error);
+    if error.is_connect() {
+        ForwardErrorKind::Unreachable(detail)
+    } else {
+        ForwardErrorKind::Exchange(detail)
+    }
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Removes `Connection`, every header it names, and the fixed hop-by-hop set, `proxy-*` included.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes every `x-haltgate-*` header: they are addressed to the proxy only.
+pub fn strip_haltgate_headers(headers: &mut HeaderMap) {
+    if headers
+        .keys()
+        .any(|k| k.as_str().starts_with(HALTGATE_HEADER_PREFIX))
+    {
+        let ours: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(HALTGATE_HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for name in ours {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_named_and_fixed_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, X-Custom-Hop".parse().unwrap());
+        h.insert("x-custom-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("trailer", "x-t".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("upgrade", "h2c".parse().unwrap());
+        h.insert("proxy-authorization", "Basic REDACTED".parse().unwrap());
+        h.insert("proxy-foo", "1".parse().unwrap());
+        h.insert("authorization", "Bearer xoxb-REDACTED".parse().unwrap());
+        h.insert("x-end-to-end", "kept".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(h.contains_key("authorization") && h.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn strips_every_haltgate_header() {
+        let mut h = HeaderMap::new();
+        h.insert("x-haltgate-session", "s1".parse().unwrap());
+        h.insert("x-haltgate-epoch", "2".parse().unwrap());
+        h.insert("x-haltgate", "not a prefix match".parse().unwrap());
+        strip_haltgate_headers(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-haltgate"));
+    }
+}

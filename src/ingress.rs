@@ -1,0 +1,170 @@
+//! The outermost service: decides whether a request may be forwarded at all, and where.
+//!
+//! It refuses forward-proxy use (CONNECT, absolute-form naming another host), resolves the
+//! route from the first path segment (unknown → 404 without any upstream contact), turns
+//! forwarding errors into synthetic 502/504 answers, and makes event streams end at shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use http::{header, Method, Request, Response, Version};
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::body::{self, BoxError, ProxyBody};
+use crate::forward::{ForwardError, ForwardErrorKind};
+use crate::route::RouteTable;
+use crate::shutdown::{EndOnShutdown, ShutdownSignal};
+use crate::synthetic::SyntheticResponse;
+
+/// Entry point of the agent listener. `S` is the rest of the stack; it sees only routed
+/// requests, each carrying its [`crate::route::Target`] as an extension.
+#[derive(Clone)]
+pub struct Ingress<S> {
+    inner: S,
+    routes: Arc<RouteTable>,
+    own_authorities: Arc<[String]>,
+    shutdown: ShutdownSignal,
+}
+
+impl<S> Ingress<S> {
+    /// `own_authorities` are the `host:port` names under which the proxy itself is reached; an
+    /// absolute-form request naming one of them is served like an origin-form one.
+    pub fn new(
+        inner: S,
+        routes: Arc<RouteTable>,
+        own_authorities: Vec<String>,
+        shutdown: ShutdownSignal,
+    ) -> Self {
+        Self {
+            inner,
+            routes,
+            own_authorities: own_authorities.into(),
+            shutdown,
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for Ingress<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness of the inner stack is awaited per call on a clone; see `call`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if let Some(refusal) = self.refusal(&request) {
+            return Box::pin(async move { Ok(refusal.into_response()) });
+        }
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let Some(target) = self.routes.resolve(path_and_query) else {
+            let response = SyntheticResponse::unknown_route(request.uri().path()).into_response();
+            return Box::pin(async move { Ok(response) });
+        };
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(target);
+        let request = Request::from_parts(parts, body::boxed(body));
+
+        // The clone that was not driven to readiness is swapped in, as tower's docs advise.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shutdown = self.shutdown.clone();
+        let forwarded = inner.oneshot(request);
+        Box::pin(forwarded.map(move |result| {
+            let response = match result {
+                Ok(response) => response,
+                Err(error) => rescue(&error).into_response(),
+            };
+            Ok(end_streams_on_shutdown(response, &shutdown))
+        }))
+    }
+}
+
+impl<S> Ingress<S> {
+    fn refusal<B>(&self, request: &Request<B>) -> Option<SyntheticResponse> {
+        if request.method() == Method::CONNECT {
+            return Some(SyntheticResponse::not_an_open_proxy("CONNECT"));
+        }
+        // HTTP/2 always carries :authority, so only HTTP/1 absolute-form shows forward-proxy intent.
+        let http1 = matches!(
+            request.version(),
+            Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
+        );
+        if http1 {
+            if let Some(authority) = request.uri().authority() {
+                let ours = self
+                    .own_authorities
+                    .iter()
+                    .any(|own| own.eq_ignore_ascii_case(authority.as_str()));
+                if !ours {
+                    return Some(SyntheticResponse::not_an_open_proxy(&format!(
+                        "Absolute-form request for {authority}"
+                    )));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Maps a failure of the inner stack to the answer the agent gets.
+fn rescue(error: &BoxError) -> SyntheticResponse {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(cause) = source {
+        if let Some(forward) = cause.downcast_ref::<ForwardError>() {
+            let route = &forward.route;
+            return match &forward.kind {
+                ForwardErrorKind::ConnectTimeout(after) => {
+                    SyntheticResponse::gateway_timeout(route, &format!("connect after {after:?}"))
+                }
+                ForwardErrorKind::ResponseTimeout(after) => SyntheticResponse::gateway_timeout(
+                    route,
+                    &format!("no response headers after {after:?}"),
+                ),
+                ForwardErrorKind::Unreachable(detail) | ForwardErrorKind::Exchange(detail) => {
+                    SyntheticResponse::bad_gateway(route, detail)
+                }
+                ForwardErrorKind::Unrouted => SyntheticResponse::bad_gateway(route, "not routed"),
+            };
+        }
+        source = cause.source();
+    }
+    tracing::warn!(error = %error, "Request failed inside the proxy.");
+    SyntheticResponse::bad_gateway("?", error)
+}
+
+fn end_streams_on_shutdown(
+    response: Response<ProxyBody>,
+    shutdown: &ShutdownSignal,
+) -> Response<ProxyBody> {
+    let is_event_stream = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    if !is_event_stream {
+        return response;
+    }
+    let (parts, inner) = response.into_parts();
+    Response::from_parts(parts, body::boxed(EndOnShutdown::new(inner, shutdown)))
+}

@@ -1,0 +1,247 @@
+//! Routes: the first path segment of an agent request names the upstream it goes to.
+//!
+//! `/NAME/REST?QUERY` is sent to `UPSTREAM_BASE/REST?QUERY`, byte-exact. The route's provider
+//! names the rule file that applies to its responses.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::Uri;
+
+/// One configured upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// First path segment that selects this route.
+    pub name: Arc<str>,
+    /// Provider whose rules inspect this route's responses (defaults to the name).
+    pub provider: Arc<str>,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Base path of the upstream URL without a trailing `/` (empty for none).
+    pub base_path: Arc<str>,
+}
+
+/// Why a route could not be built from its name and URL.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("route name {0:?} must be 1-64 characters of a-z, 0-9, '-' or '_'")]
+    BadName(String),
+    #[error("route {name:?}: upstream {url:?} is not an absolute http(s) URL: {reason}")]
+    BadUrl {
+        name: String,
+        url: String,
+        reason: String,
+    },
+    #[error("route {0:?} is defined twice")]
+    Duplicate(String),
+}
+
+impl Route {
+    pub fn new(name: &str, provider: &str, url: &str) -> Result<Self, RouteError> {
+        let valid_name = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        };
+        if !valid_name(name) {
+            return Err(RouteError::BadName(name.to_owned()));
+        }
+        if !valid_name(provider) {
+            return Err(RouteError::BadName(provider.to_owned()));
+        }
+        let bad = |reason: &str| RouteError::BadUrl {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| bad("no scheme"))?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(bad("scheme must be http or https"));
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("credentials in the URL are not supported"));
+        }
+        if uri.query().is_some() {
+            return Err(bad("a query string is not allowed in an upstream URL"));
+        }
+        let base_path = uri.path().trim_end_matches('/');
+        Ok(Self {
+            name: name.into(),
+            provider: provider.into(),
+            scheme,
+            authority,
+            base_path: base_path.into(),
+        })
+    }
+
+    /// The upstream URI for a request whose path after `/NAME` is `rest` (empty or starting
+    /// with `/`) and whose query is `query`. Bytes are copied as they came.
+    pub fn upstream_uri(&self, rest_and_query: &str) -> Result<Uri, http::Error> {
+        let mut path = String::with_capacity(self.base_path.len() + rest_and_query.len() + 1);
+        path.push_str(&self.base_path);
+        if !rest_and_query.starts_with('/') {
+            path.push('/');
+        }
+        path.push_str(rest_and_query);
+        let path_and_query = PathAndQuery::try_from(path)?;
+        Ok(Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()?)
+    }
+
+    /// The upstream URL as configured, for logs and docs.
+    pub fn url(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+/// The routes of one proxy, looked up by the first path segment.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: HashMap<Arc<str>, Arc<Route>>,
+}
+
+/// Where an agent request goes: its route and the upstream URI.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub route: Arc<Route>,
+    pub uri: Uri,
+}
+
+impl RouteTable {
+    pub fn new(routes: impl IntoIterator<Item = Route>) -> Result<Self, RouteError> {
+        let mut table = HashMap::new();
+        for route in routes {
+            let name = route.name.clone();
+            if table.insert(name.clone(), Arc::new(route)).is_some() {
+                return Err(RouteError::Duplicate(name.to_string()));
+            }
+        }
+        Ok(Self { routes: table })
+    }
+
+    /// The built-in routes for the known providers, used when none are configured.
+    pub fn known_providers() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("slack", "https://slack.com"),
+            ("github", "https://api.github.com"),
+            ("linear", "https://api.linear.app"),
+            ("anthropic", "https://api.anthropic.com"),
+        ]
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.values()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// (upstream host, provider) pairs, to name the provider of a recorded exchange by its URL.
+    pub fn host_providers(&self) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = self
+            .routes
+            .values()
+            .map(|r| (r.authority.host().to_owned(), r.provider.to_string()))
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        pairs
+    }
+
+    /// Resolves an origin-form `path_and_query` (`/NAME/REST?QUERY`). `None` when the first
+    /// segment names no route.
+    pub fn resolve(&self, path_and_query: &str) -> Option<Target> {
+        let after_slash = path_and_query.strip_prefix('/')?;
+        let end = after_slash.find(['/', '?']).unwrap_or(after_slash.len());
+        let route = self.routes.get(&after_slash[..end])?;
+        let rest = &after_slash[end..];
+        let uri = route.upstream_uri(rest).ok()?;
+        Some(Target {
+            route: route.clone(),
+            uri,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        RouteTable::new([
+            Route::new("echo", "echo", "http://127.0.0.1:9000/echo").unwrap(),
+            Route::new("slack", "slack", "https://slack.com/").unwrap(),
+            Route::new("mcp-a", "mcp", "https://mcp.example.com/mcp").unwrap(),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn resolves_rest_and_query_byte_exact() {
+        let t = table();
+        let target = t.resolve("/echo/a/b%2Fc?x=%20y&z").unwrap();
+        assert_eq!(
+            target.uri.to_string(),
+            "http://127.0.0.1:9000/echo/a/b%2Fc?x=%20y&z"
+        );
+        let target = t.resolve("/slack/api/chat.postMessage").unwrap();
+        assert_eq!(
+            target.uri.to_string(),
+            "https://slack.com/api/chat.postMessage"
+        );
+        assert_eq!(&*t.resolve("/mcp-a").unwrap().route.provider, "mcp");
+        assert_eq!(t.resolve("/mcp-a").unwrap().uri.path(), "/mcp/");
+        assert_eq!(
+            t.resolve("/slack?x=1").unwrap().uri.to_string(),
+            "https://slack.com/?x=1"
+        );
+    }
+
+    #[test]
+    fn unknown_or_prefix_only_names_do_not_resolve() {
+        let t = table();
+        assert!(t.resolve("/nope/x").is_none());
+        assert!(t.resolve("/echoes/x").is_none());
+        assert!(t.resolve("/").is_none());
+        assert!(t.resolve("").is_none());
+    }
+
+    #[test]
+    fn rejects_bad_routes() {
+        assert!(matches!(
+            Route::new("Bad", "bad", "http://x"),
+            Err(RouteError::BadName(_))
+        ));
+        assert!(matches!(
+            Route::new("a", "a", "ftp://x"),
+            Err(RouteError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            Route::new("a", "a", "/relative"),
+            Err(RouteError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            Route::new("a", "a", "http://x/?q=1"),
+            Err(RouteError::BadUrl { .. })
+        ));
+        let dup = RouteTable::new([
+            Route::new("a", "a", "http://x").unwrap(),
+            Route::new("a", "a", "http://y").unwrap(),
+        ]);
+        assert!(matches!(dup, Err(RouteError::Duplicate(_))));
+    }
+}

@@ -1,0 +1,101 @@
+//! Responses the proxy writes itself, as values with named constructors.
+//!
+//! Every synthetic response is JSON with one `error` object, so an agent or its SDK can tell a
+//! proxy-made answer from an upstream one: `x-haltgate-error` names the kind.
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use crate::body::{self, ProxyBody};
+
+/// Header set on every response the proxy itself wrote because forwarding failed or was refused.
+pub const X_HALTGATE_ERROR: &str = "x-haltgate-error";
+
+/// A response made by the proxy, not by an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntheticResponse {
+    pub status: StatusCode,
+    /// Machine-readable kind, e.g. `unknown_route`; also sent as `x-haltgate-error`.
+    pub kind: &'static str,
+    /// One plain sentence saying what failed.
+    pub message: String,
+}
+
+impl SyntheticResponse {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// No route is configured under the request's first path segment.
+    pub fn unknown_route(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_route",
+            format!("No route is configured for {path:?}; requests go to /ROUTE/PATH."),
+        )
+    }
+
+    /// The request asked the proxy to act as a forward proxy (CONNECT, or absolute-form naming
+    /// another host). haltgate only forwards to its configured upstreams.
+    pub fn not_an_open_proxy(what: &str) -> Self {
+        let status = if what == "CONNECT" {
+            StatusCode::METHOD_NOT_ALLOWED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        Self::new(
+            status,
+            "not_an_open_proxy",
+            format!("{what} refused: haltgate forwards only to its configured routes."),
+        )
+    }
+
+    /// The request itself is malformed for the proxy (e.g. a bad `x-haltgate-*` header).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// The upstream could not be reached or broke the exchange.
+    pub fn bad_gateway(route: &str, cause: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            format!("Upstream of route {route:?} failed: {cause}."),
+        )
+    }
+
+    /// The upstream did not connect, or did not send response headers, in time.
+    pub fn gateway_timeout(route: &str, what: &str) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("Upstream of route {route:?} timed out: {what}."),
+        )
+    }
+
+    /// The proxy is shutting down and takes no new requests on this connection.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "haltgate is shutting down.",
+        )
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = json!({ "error": { "kind": self.kind, "message": self.message } });
+        let mut response = Response::new(body::full(body.to_string()));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(X_HALTGATE_ERROR, HeaderValue::from_static(self.kind));
+        response
+    }
+}

@@ -1,0 +1,269 @@
+//! Test support: in-process upstreams (plain HTTP, and HTTPS with a test CA speaking HTTP/2 or
+//! HTTP/1.1 by ALPN) and the proxy, all on 127.0.0.1 port 0.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use haltgate::app::App;
+use haltgate::body::{self, ProxyBody};
+use haltgate::config::{Config, ConfigSpec, Overrides};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// What an upstream saw of one request, after its body arrived whole.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+pub type Handler =
+    Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> + Send + Sync>;
+
+/// A running in-process upstream.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    /// Connections accepted, to observe pooling.
+    pub connections: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// PEM of the CA that signed this upstream's certificate (TLS upstreams only).
+    pub ca_pem: Option<String>,
+}
+
+impl Upstream {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw a request")
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Seen) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    Arc::new(move |seen| Box::pin(f(seen)))
+}
+
+async fn serve_request(
+    request: Request<Incoming>,
+    handler: Handler,
+    hits: Arc<AtomicUsize>,
+    seen_log: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let seen = Seen {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    };
+    seen_log.lock().unwrap().push(seen.clone());
+    Ok(handler(seen).await)
+}
+
+/// Starts a plain-HTTP upstream answering every request with `handler`.
+pub async fn start_upstream(handler: Handler) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (h, s, c) = (hits.clone(), seen.clone(), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    serve_request(req, handler.clone(), hits.clone(), seen.clone())
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        hits,
+        connections,
+        seen,
+        ca_pem: None,
+    }
+}
+
+/// Starts an HTTPS upstream for `localhost` with a fresh test CA; ALPN offers h2 and http/1.1.
+pub async fn start_tls_upstream(handler: Handler) -> Upstream {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "haltgate test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let leaf_cert = leaf_params.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf_cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (h, s, c) = (hits.clone(), seen.clone(), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            let (handler, hits, seen, acceptor) =
+                (handler.clone(), h.clone(), s.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    serve_request(req, handler.clone(), hits.clone(), seen.clone())
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        hits,
+        connections,
+        seen,
+        ca_pem: Some(ca_cert.pem()),
+    }
+}
+
+/// A port on which nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// Proxy flags with both listeners on port 0 and a throwaway store path.
+pub fn proxy_flags(routes: &[(&str, String)]) -> Overrides {
+    Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        control_listen: Some("127.0.0.1:0".into()),
+        routes: routes.iter().map(|(n, u)| format!("{n}={u}")).collect(),
+        ..Overrides::default()
+    }
+}
+
+pub async fn start_proxy(flags: Overrides) -> App {
+    let config = Config::resolve(ConfigSpec::default(), flags, "test").expect("valid test config");
+    App::start(config).await.expect("proxy starts")
+}
+
+/// A plain HTTP/1.1 client.
+pub fn client(
+) -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, ProxyBody>
+{
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn get(url: &str) -> Request<ProxyBody> {
+    Request::get(url).body(body::empty()).unwrap()
+}
+
+pub async fn read_body(response: Response<Incoming>) -> Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+pub fn text(status: u16, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(body::full(body));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    r
+}
+
+pub fn json(status: u16, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut r = Response::new(body::full(value.to_string()));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+/// Deterministic non-repeating bytes, so any reordering or loss shows.
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut state: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state & 0xff) as u8
+        })
+        .collect()
+}
+
+pub async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("finished in time")
+}
