@@ -3,12 +3,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use tower_layer::Layer;
+
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::control::{Control, Readiness};
 use crate::forward::Forward;
+use crate::halt::{HaltLayer, HaltStats, LogOnly, SessionHooks};
+use crate::rules::{RuleErrors, RuleSet};
 use crate::ingress::Ingress;
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::upstream::{build_client, UpstreamSetupError};
@@ -22,6 +27,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    #[error("rules in {dir} do not compile:\n{errors}")]
+    Rules { dir: String, errors: RuleErrors },
 }
 
 /// A started proxy. Dropping it shuts it down without waiting.
@@ -29,13 +36,36 @@ pub struct App {
     agent_addr: SocketAddr,
     control_addr: SocketAddr,
     readiness: Readiness,
+    rules: Arc<ArcSwap<RuleSet>>,
+    stats: Arc<HaltStats>,
     trigger: ShutdownTrigger,
     servers: JoinSet<()>,
 }
 
 impl App {
-    /// Binds both listeners and starts serving.
+    /// Binds both listeners and starts serving, with no session state attached: matches are
+    /// logged and responses go through.
     pub async fn start(config: Config) -> Result<App, StartError> {
+        Self::start_with_hooks(config, Arc::new(LogOnly)).await
+    }
+
+    /// Binds both listeners and starts serving; `hooks` act on rule matches.
+    pub async fn start_with_hooks(
+        config: Config,
+        hooks: Arc<dyn SessionHooks>,
+    ) -> Result<App, StartError> {
+        let rules = RuleSet::load_dir(&config.rules_dir)
+            .map_err(|errors| StartError::Rules {
+                dir: config.rules_dir.display().to_string(),
+                errors,
+            })?
+            .with_max_body_bytes(config.max_body_bytes);
+        tracing::info!(
+            rules = rules.rule_count(),
+            dir = %config.rules_dir.display(),
+            "Rules loaded."
+        );
+        let rules = Arc::new(ArcSwap::from_pointee(rules));
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -67,8 +97,10 @@ impl App {
             format!("127.0.0.1:{port}"),
             format!("[::1]:{port}"),
         ];
+        let halt = HaltLayer::new(rules.clone(), hooks);
+        let stats = halt.stats();
         let ingress = Ingress::new(
-            forward,
+            halt.layer(forward),
             Arc::new(config.routes.clone()),
             own_authorities,
             signal.clone(),
@@ -96,6 +128,8 @@ impl App {
             agent_addr,
             control_addr,
             readiness,
+            rules,
+            stats,
             trigger,
             servers,
         })
@@ -107,6 +141,15 @@ impl App {
 
     pub fn control_addr(&self) -> SocketAddr {
         self.control_addr
+    }
+
+    /// The rules in force; storing a new set swaps it for every later response.
+    pub fn rules(&self) -> &Arc<ArcSwap<RuleSet>> {
+        &self.rules
+    }
+
+    pub fn stats(&self) -> &Arc<HaltStats> {
+        &self.stats
     }
 
     /// Starts the graceful shutdown: listeners close at once, in-flight requests drain.

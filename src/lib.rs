@@ -24,6 +24,7 @@ pub mod body;
 pub mod config;
 pub mod control;
 pub mod forward;
+pub mod halt;
 pub mod ingress;
 pub mod route;
 pub mod server;

@@ -23,6 +23,48 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve(ServeArgs),
+    /// Check, test and explain rule files.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Classify recorded exchanges (JSON lines in, one JSON line out per input).
+    Classify(ClassifyArgs),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Compile every rule file and report every error at once.
+    Check {
+        /// Rule directory.
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+    },
+    /// Run the recorded test cases of DIR/tests and the shared transient corpus.
+    Test {
+        /// Rule directory.
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+    },
+    /// Show which guard or rule decides one recorded case, and why.
+    Explain {
+        /// Rule directory.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// A test case file (JSON).
+        case: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ClassifyArgs {
+    /// Rule directory.
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
+    /// Configuration file whose routes map URL hosts to providers.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Input file of JSON lines, or - for standard input.
+    #[arg(default_value = "-")]
+    input: String,
 }
 
 #[derive(Args)]
@@ -73,6 +115,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Rules(command) => rules(command),
+        Command::Classify(args) => classify(args),
     };
     match result {
         Ok(code) => code,
@@ -115,6 +159,48 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("Stopped.");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let ok = match command {
+        RulesCommand::Check { dir } => haltgate::rules::check::run(&dir, &mut out)?,
+        RulesCommand::Test { dir } => haltgate::rules::cases::run(&dir, &mut out)?,
+        RulesCommand::Explain { rules, case } => {
+            haltgate::rules::cases::explain(&rules, &case, &mut out)?
+        }
+    };
+    Ok(exit_code(ok))
+}
+
+fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
+    let rules = haltgate::rules::RuleSet::load_dir(&args.rules)
+        .map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let spec = match &args.config {
+        Some(path) => ConfigSpec::load(path)?,
+        None => ConfigSpec::default(),
+    };
+    let config = Config::resolve(spec, Overrides::default(), "classify")?;
+    let hosts = config.routes.host_providers();
+    let mut out = std::io::stdout().lock();
+    let ok = if args.input == "-" {
+        let mut input = std::io::stdin().lock();
+        haltgate::classify::run(&rules, &hosts, &mut input, &mut out)?
+    } else {
+        let file = std::fs::File::open(&args.input)
+            .with_context(|| format!("cannot open {}", args.input))?;
+        let mut input = std::io::BufReader::new(file);
+        haltgate::classify::run(&rules, &hosts, &mut input, &mut out)?
+    };
+    Ok(exit_code(ok))
 }
 
 async fn wait_for_signal() {

@@ -210,6 +210,7 @@ pub fn proxy_flags(routes: &[(&str, String)]) -> Overrides {
     Overrides {
         listen: Some("127.0.0.1:0".into()),
         control_listen: Some("127.0.0.1:0".into()),
+        rules: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/rules").into()),
         routes: routes.iter().map(|(n, u)| format!("{n}={u}")).collect(),
         ..Overrides::default()
     }

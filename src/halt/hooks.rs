@@ -1,0 +1,96 @@
+//! Hook points where session state plugs into the halt layer.
+//!
+//! The layer itself only decides; what a decision does to a session (close it, cancel its
+//! wakeups, block a credential, clear a resume id) lives behind [`SessionHooks`]. Without
+//! state, [`LogOnly`] logs every match and lets every response through.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::response::HaltResponse;
+use crate::rules::Decision;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The session a request belongs to, from `x-haltgate-session` and `x-haltgate-epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHeader {
+    pub id: Arc<str>,
+    /// Generation the agent acts in; `None` means "the current one".
+    pub epoch: Option<u64>,
+}
+
+/// What the hooks see of a request.
+#[derive(Debug)]
+pub struct RequestInfo<'a> {
+    pub provider: &'a str,
+    pub session: Option<&'a SessionHeader>,
+    pub headers: &'a HeaderMap,
+}
+
+/// A decisive rule match on one upstream response.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub provider: Arc<str>,
+    pub session: Option<SessionHeader>,
+    pub decision: Decision,
+    pub upstream_status: u16,
+    /// The request's credential headers (`authorization`, `x-api-key`), for credential blocks.
+    pub credential: Option<http::HeaderValue>,
+    /// A capped excerpt of the matched body, recorded as the closure's detail.
+    pub detail: String,
+}
+
+/// What happens to the response after a match.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Answer with this instead of the upstream response.
+    Halt(HaltResponse),
+    /// Let the upstream response through, adding `x-haltgate-action: <action>` if given.
+    Forward { action: Option<&'static str> },
+}
+
+/// Decision points of the halt layer. Every method has a documented default in [`LogOnly`].
+pub trait SessionHooks: Send + Sync + 'static {
+    /// Runs before forwarding, on every request. Must be local and cheap (no I/O): it is the
+    /// hot path. `Some` answers the request at once and nothing is sent upstream.
+    fn before_forward(&self, request: &RequestInfo<'_>) -> Option<HaltResponse>;
+
+    /// Runs only when a rule that compares with the session scope would decide. Returns the
+    /// session's scope, or `None` when it has none (then scope comparisons do not hold).
+    fn scope(&self, session: &SessionHeader) -> BoxFuture<'static, Option<serde_json::Value>>;
+
+    /// Runs once per response that an `enforce` rule matched. `lost_access` and
+    /// `credential_invalid` normally close the session and halt; `stale_session` clears the
+    /// resume id and forwards with `x-haltgate-action: reset`.
+    fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome>;
+}
+
+/// Hooks without session state: every match is logged and the response goes through.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogOnly;
+
+impl SessionHooks for LogOnly {
+    fn before_forward(&self, _request: &RequestInfo<'_>) -> Option<HaltResponse> {
+        None
+    }
+
+    fn scope(&self, _session: &SessionHeader) -> BoxFuture<'static, Option<serde_json::Value>> {
+        Box::pin(async { None })
+    }
+
+    fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome> {
+        tracing::warn!(
+            provider = %matched.provider,
+            class = %matched.decision.class,
+            rule = matched.decision.rule.as_deref().unwrap_or("-"),
+            session = matched.session.as_ref().map(|s| &*s.id).unwrap_or("-"),
+            upstream_status = matched.upstream_status,
+            "Rule matched; no session state is attached, so the response goes through."
+        );
+        Box::pin(async { Outcome::Forward { action: None } })
+    }
+}

@@ -1,0 +1,53 @@
+//! Response inspection and halting, as a tower middleware.
+//!
+//! [`HaltLayer`] wraps any `Service<Request<ProxyBody>, Response = Response<ProxyBody>>`. For
+//! each request it:
+//!
+//! 1. reads the session from `x-haltgate-session` / `x-haltgate-epoch` (malformed → 400);
+//! 2. asks [`SessionHooks::before_forward`] whether the session is already closed or the
+//!    credential blocked — a local check, no I/O — and if so answers with a
+//!    [`HaltResponse`] without calling the inner service;
+//! 3. forwards, keeping a copy of the first `max_body_bytes` of the request body for rules
+//!    that look at request fields;
+//! 4. inspects the response with the [`RuleSet`](crate::rules::RuleSet) of the request's
+//!    provider, and on a decisive match calls [`SessionHooks::on_match`], which halts or lets
+//!    the response through.
+//!
+//! # Body handling
+//! - A response that no rule could match from its status and headers alone streams through
+//!   untouched, unbuffered (the rules' `needs_body` pre-check).
+//! - Otherwise a body of at most `max_body_bytes` (default 64 KiB) is read whole, decided,
+//!   and then forwarded byte-for-byte, or replaced by the halt response. A larger body (by
+//!   `Content-Length`, or by what arrived) passes uninspected and is counted in
+//!   [`HaltStats::uninspected`]; rules that need no body still decide it.
+//! - `text/event-stream` bodies are never held: each event is forwarded as it arrives and
+//!   classified on the way; a halt ends the stream with a final `haltgate.halt` event.
+//!
+//! # Embedding
+//! ```no_run
+//! use haltgate::halt::HaltLayer;
+//! use haltgate::rules::RuleSet;
+//! # fn demo<S>(service: S) -> haltgate::halt::Halt<S> {
+//! let rules = RuleSet::load_dir("rules".as_ref()).expect("rules compile");
+//! let stack = tower::ServiceBuilder::new()
+//!     .layer(HaltLayer::for_provider("slack", rules))
+//!     .service(service);
+//! # stack
+//! # }
+//! ```
+//! `examples/embed.rs` runs a complete embedded stack.
+
+mod body;
+mod events;
+mod hooks;
+mod layer;
+mod response;
+mod service;
+mod stats;
+
+pub use body::EventSplitter;
+pub use hooks::{BoxFuture, LogOnly, Matched, Outcome, RequestInfo, SessionHeader, SessionHooks};
+pub use layer::HaltLayer;
+pub use response::{HaltResponse, HALT_STATUS, X_HALTGATE_ACTION, X_HALTGATE_HALT, X_HALTGATE_RULE};
+pub use service::{session_header, Halt, X_HALTGATE_EPOCH, X_HALTGATE_SESSION};
+pub use stats::HaltStats;

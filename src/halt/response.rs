@@ -1,0 +1,123 @@
+//! The halt response: what an agent gets instead of the upstream's answer once its session is
+//! closed, as a value with named constructors.
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use crate::body::{self, ProxyBody};
+
+/// `x-haltgate-halt: <class>` marks a halt response.
+pub const X_HALTGATE_HALT: &str = "x-haltgate-halt";
+/// `x-haltgate-rule: <rule id>` names the rule that closed the session.
+pub const X_HALTGATE_RULE: &str = "x-haltgate-rule";
+/// `x-haltgate-action: reset` marks an upstream response after which the resume id was cleared.
+pub const X_HALTGATE_ACTION: &str = "x-haltgate-action";
+
+/// 410 Gone: the session's access is gone for good. Common SDKs (Anthropic, OpenAI, Octokit's
+/// retry plugin, Slack's, Linear's) retry 408, 409, 425, 429 and 5xx, never 410, so a halt
+/// ends the tool call instead of feeding a retry loop.
+pub const HALT_STATUS: StatusCode = StatusCode::GONE;
+
+/// A synthetic answer that stops the agent's tool call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaltResponse {
+    /// `lost_access` or `credential_invalid` (or the class recorded on an earlier closure).
+    pub class: String,
+    /// Rule that decided, or `manual` for a closure made through the control API.
+    pub rule: String,
+    pub session: Option<String>,
+    pub epoch: Option<u64>,
+    /// Status of the upstream response that matched; `None` when no upstream was called.
+    pub upstream_status: Option<u16>,
+    /// One plain sentence for the model.
+    pub message: String,
+}
+
+impl HaltResponse {
+    /// This response matched a lost-access or invalid-credential rule; the session was closed.
+    pub fn rule_matched(
+        class: &str,
+        rule: &str,
+        session: Option<&str>,
+        epoch: Option<u64>,
+        upstream_status: u16,
+    ) -> Self {
+        Self {
+            class: class.to_owned(),
+            rule: rule.to_owned(),
+            session: session.map(str::to_owned),
+            epoch,
+            upstream_status: Some(upstream_status),
+            message: sentence_for(class).to_owned(),
+        }
+    }
+
+    /// The session was closed before this request; nothing was sent upstream.
+    pub fn session_closed(class: &str, rule: &str, session: &str, epoch: u64) -> Self {
+        Self {
+            class: class.to_owned(),
+            rule: rule.to_owned(),
+            session: Some(session.to_owned()),
+            epoch: Some(epoch),
+            upstream_status: None,
+            message: sentence_for(class).to_owned(),
+        }
+    }
+
+    /// The request's credential is blocked; nothing was sent upstream.
+    pub fn credential_blocked(rule: &str, session: Option<&str>, epoch: Option<u64>) -> Self {
+        Self {
+            class: "credential_invalid".to_owned(),
+            rule: rule.to_owned(),
+            session: session.map(str::to_owned),
+            epoch,
+            upstream_status: None,
+            message: sentence_for("credential_invalid").to_owned(),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "halted": true,
+            "class": self.class,
+            "rule": self.rule,
+            "session": self.session,
+            "epoch": self.epoch,
+            "upstream_status": self.upstream_status,
+            "message": self.message,
+        })
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = self.to_json().to_string();
+        let mut response = Response::new(body::full(body));
+        *response.status_mut() = HALT_STATUS;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(class) = HeaderValue::from_str(&self.class) {
+            headers.insert(X_HALTGATE_HALT, class);
+        }
+        if let Ok(rule) = HeaderValue::from_str(&self.rule) {
+            headers.insert(X_HALTGATE_RULE, rule);
+        }
+        response
+    }
+
+    /// The halt as a final server-sent event, for a stream that was already under way.
+    pub fn to_sse_event(&self) -> bytes::Bytes {
+        format!("event: haltgate.halt\ndata: {}\n\n", self.to_json()).into()
+    }
+}
+
+fn sentence_for(class: &str) -> &'static str {
+    match class {
+        "credential_invalid" => {
+            "The credential for this tool no longer works; this session is closed. Do not retry."
+        }
+        _ => "Access to this resource was lost; this session is closed. Do not retry.",
+    }
+}

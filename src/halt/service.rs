@@ -1,0 +1,389 @@
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{BoxFuture, FutureExt};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tower_service::Service;
+
+use super::body::{Capture, CapturedPrefix, Replay};
+use super::events::InspectEvents;
+use super::hooks::{Matched, Outcome, RequestInfo, SessionHeader, SessionHooks};
+use super::response::X_HALTGATE_ACTION;
+use super::stats::HaltStats;
+use crate::body::{self, BoxError, ProxyBody};
+use crate::route::Target;
+use crate::rules::{Class, Decision, Exchange, ExchangeHead, ResponseBody, RuleSet, Scope, Verdict};
+use crate::synthetic::SyntheticResponse;
+
+/// Request header naming the agent session.
+pub const X_HALTGATE_SESSION: &str = "x-haltgate-session";
+/// Request header naming the session generation the agent acts in.
+pub const X_HALTGATE_EPOCH: &str = "x-haltgate-epoch";
+
+/// Longest closure detail kept from a matched body.
+const DETAIL_LIMIT: usize = 1024;
+
+pub(crate) struct Shared {
+    pub(crate) rules: Arc<ArcSwap<RuleSet>>,
+    pub(crate) hooks: Arc<dyn SessionHooks>,
+    pub(crate) fixed_provider: Option<Arc<str>>,
+    pub(crate) stats: Arc<HaltStats>,
+}
+
+/// Inspects every response of the inner service. See the [module docs](super).
+#[derive(Clone)]
+pub struct Halt<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Halt<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+/// What inspection needs of the request once the response is back.
+pub(crate) struct RequestSnapshot {
+    pub(crate) provider: Arc<str>,
+    pub(crate) method: Method,
+    pub(crate) path_and_query: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: CapturedPrefix,
+    pub(crate) session: Option<SessionHeader>,
+}
+
+impl<S> Service<Request<ProxyBody>> for Halt<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+        let shared = self.shared.clone();
+        let target = request.extensions().get::<Target>();
+        let provider = match (&shared.fixed_provider, target) {
+            (Some(fixed), _) => fixed.clone(),
+            (None, Some(target)) => target.route.provider.clone(),
+            (None, None) => return Box::pin(self.inner.call(request)),
+        };
+        let path_and_query = target
+            .map(|t| t.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/"))
+            .or_else(|| request.uri().path_and_query().map(|pq| pq.as_str()))
+            .unwrap_or("/")
+            .to_owned();
+        let session = match session_header(request.headers()) {
+            Ok(session) => session,
+            Err(message) => {
+                let response = SyntheticResponse::bad_request(message).into_response();
+                return Box::pin(async move { Ok(response) });
+            }
+        };
+        let info = RequestInfo {
+            provider: &provider,
+            session: session.as_ref(),
+            headers: request.headers(),
+        };
+        if let Some(halt) = shared.hooks.before_forward(&info) {
+            HaltStats::bump(&shared.stats.short_circuited);
+            let response = halt.into_response();
+            return Box::pin(async move { Ok(response) });
+        }
+
+        let limit = shared.rules.load().max_body_bytes();
+        let (parts, body) = request.into_parts();
+        let (body, captured) = if body.is_end_stream() {
+            (body, CapturedPrefix::default())
+        } else {
+            let (capture, prefix) = Capture::new(body, limit);
+            (body::boxed(capture), prefix)
+        };
+        let snapshot = RequestSnapshot {
+            provider,
+            method: parts.method.clone(),
+            path_and_query,
+            headers: parts.headers.clone(),
+            body: captured,
+            session,
+        };
+        let forwarded = self.inner.call(Request::from_parts(parts, body));
+        Box::pin(forwarded.then(move |result| async move {
+            match result {
+                Ok(response) => Ok(inspect(response, snapshot, shared).await),
+                Err(error) => Err(error),
+            }
+        }))
+    }
+}
+
+/// Reads `x-haltgate-session` and `x-haltgate-epoch`.
+pub fn session_header(headers: &HeaderMap) -> Result<Option<SessionHeader>, String> {
+    let Some(id) = headers.get(X_HALTGATE_SESSION) else {
+        if headers.contains_key(X_HALTGATE_EPOCH) {
+            return Err(format!("{X_HALTGATE_EPOCH} needs {X_HALTGATE_SESSION}"));
+        }
+        return Ok(None);
+    };
+    let id = id.as_bytes();
+    if id.is_empty() || id.len() > 256 || !id.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(format!(
+            "{X_HALTGATE_SESSION} must be 1-256 bytes of visible ASCII"
+        ));
+    }
+    let epoch = match headers.get(X_HALTGATE_EPOCH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| format!("{X_HALTGATE_EPOCH} must be a non-negative integer"))?,
+        ),
+    };
+    Ok(Some(SessionHeader {
+        id: std::str::from_utf8(id).expect("visible ASCII").into(),
+        epoch,
+    }))
+}
+
+async fn inspect(
+    response: Response<ProxyBody>,
+    request: RequestSnapshot,
+    shared: Arc<Shared>,
+) -> Response<ProxyBody> {
+    let rules = shared.rules.load_full();
+    let (mut parts, body) = response.into_parts();
+    let needs_body = {
+        let head = head(&request, &parts);
+        rules.needs_body(&head)
+    };
+    if !needs_body {
+        return Response::from_parts(parts, body);
+    }
+    if is_event_stream(&parts.headers) {
+        let request_body = request.body.bytes();
+        let events = InspectEvents::new(body, parts.status, parts.headers.clone(), request, request_body, shared);
+        return Response::from_parts(parts, body::boxed(events));
+    }
+
+    let limit = rules.max_body_bytes();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (buffered, body) = if declared.is_some_and(|len| len > limit as u64) {
+        (None, body)
+    } else {
+        buffer_prefix(body, limit).await
+    };
+    let complete = buffered.as_ref().and_then(|b| b.complete());
+    if complete.is_none() {
+        HaltStats::bump(&shared.stats.uninspected);
+    }
+    let response_body = match &complete {
+        Some(bytes) => ResponseBody::Complete(bytes),
+        None => ResponseBody::Uninspected,
+    };
+    let request_body = request.body.bytes();
+    let decision = decide(&rules, &request, &parts, &request_body, response_body, &shared).await;
+    let replay = match buffered {
+        Some(buffered) => body::boxed(buffered.into_replay(body)),
+        None => body,
+    };
+    let Some(decision) = decision else {
+        return Response::from_parts(parts, replay);
+    };
+    let detail = excerpt(complete.as_deref().unwrap_or_default());
+    match act(decision, &request, parts.status.as_u16(), detail, &shared).await {
+        Outcome::Halt(halt) => halt.into_response(),
+        Outcome::Forward { action } => {
+            if let Some(action) = action {
+                parts
+                    .headers
+                    .insert(X_HALTGATE_ACTION, HeaderValue::from_static(action));
+            }
+            Response::from_parts(parts, replay)
+        }
+    }
+}
+
+pub(crate) fn head<'a>(request: &'a RequestSnapshot, parts: &'a http::response::Parts) -> ExchangeHead<'a> {
+    ExchangeHead {
+        provider: &request.provider,
+        method: &request.method,
+        path_and_query: &request.path_and_query,
+        request_headers: &request.headers,
+        status: parts.status,
+        response_headers: &parts.headers,
+    }
+}
+
+/// Classifies, loading the session scope only when a scope rule asks for it. Logs and counts
+/// shadow matches. Returns the decision when an enforce rule matched.
+async fn decide(
+    rules: &RuleSet,
+    request: &RequestSnapshot,
+    parts: &http::response::Parts,
+    request_body: &[u8],
+    response_body: ResponseBody<'_>,
+    shared: &Shared,
+) -> Option<Decision> {
+    let mut exchange = Exchange {
+        head: head(request, parts),
+        request_body,
+        response_body,
+        scope: Scope::Unknown,
+    };
+    let decision = match rules.classify(&exchange) {
+        Verdict::Decided(decision) => decision,
+        Verdict::NeedsScope => {
+            let scope = match &request.session {
+                Some(session) => shared.hooks.scope(session).await,
+                None => None,
+            };
+            exchange.scope = Scope::Known(scope.as_ref());
+            match rules.classify(&exchange) {
+                Verdict::Decided(decision) => decision,
+                Verdict::NeedsScope => return None,
+            }
+        }
+    };
+    note_shadow(&decision, request, parts.status.as_u16(), &shared.stats);
+    (decision.class != Class::Pass).then_some(decision)
+}
+
+pub(crate) fn note_shadow(
+    decision: &Decision,
+    request: &RequestSnapshot,
+    status: u16,
+    stats: &HaltStats,
+) {
+    for rule in &decision.shadow {
+        HaltStats::bump(&stats.shadow_matched);
+        tracing::info!(
+            provider = %request.provider,
+            rule = %rule,
+            session = request.session.as_ref().map(|s| &*s.id).unwrap_or("-"),
+            upstream_status = status,
+            "Shadow rule matched; no action taken."
+        );
+    }
+}
+
+/// Hands a decisive match to the hooks.
+pub(crate) async fn act(
+    decision: Decision,
+    request: &RequestSnapshot,
+    upstream_status: u16,
+    detail: String,
+    shared: &Shared,
+) -> Outcome {
+    HaltStats::bump(&shared.stats.matched);
+    let credential = request
+        .headers
+        .get(header::AUTHORIZATION)
+        .or_else(|| request.headers.get("x-api-key"))
+        .cloned();
+    tracing::info!(
+        provider = %request.provider,
+        class = %decision.class,
+        rule = decision.rule.as_deref().unwrap_or("-"),
+        session = request.session.as_ref().map(|s| &*s.id).unwrap_or("-"),
+        upstream_status,
+        "Rule matched."
+    );
+    shared
+        .hooks
+        .on_match(Matched {
+            provider: request.provider.clone(),
+            session: request.session.clone(),
+            decision,
+            upstream_status,
+            credential,
+            detail,
+        })
+        .await
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    let cut = &body[..body.len().min(DETAIL_LIMIT)];
+    String::from_utf8_lossy(cut).into_owned()
+}
+
+/// What buffering read of a body before deciding.
+struct Buffered {
+    frames: VecDeque<Frame<Bytes>>,
+    data: BytesMut,
+    ended: bool,
+    overflowed: bool,
+    error: Option<BoxError>,
+}
+
+impl Buffered {
+    /// The whole body, when it ended within the limit without trailers or errors.
+    fn complete(&self) -> Option<Bytes> {
+        (self.ended && !self.overflowed && self.error.is_none()).then(|| self.data.clone().freeze())
+    }
+
+    fn into_replay(self, rest: ProxyBody) -> Replay {
+        let rest = (!self.ended && self.error.is_none()).then_some(rest);
+        Replay::new(self.frames, rest, self.error)
+    }
+}
+
+/// Reads frames until the body ends or more than `limit` bytes arrived.
+async fn buffer_prefix(mut body: ProxyBody, limit: usize) -> (Option<Buffered>, ProxyBody) {
+    let mut buffered = Buffered {
+        frames: VecDeque::new(),
+        data: BytesMut::new(),
+        ended: false,
+        overflowed: false,
+        error: None,
+    };
+    loop {
+        match body.frame().await {
+            None => {
+                buffered.ended = true;
+                break;
+            }
+            Some(Err(error)) => {
+                buffered.error = Some(error);
+                break;
+            }
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    buffered.data.extend_from_slice(data);
+                } else {
+                    // Trailers: the body is not plain data; pass it on uninspected.
+                    buffered.overflowed = true;
+                }
+                buffered.frames.push_back(frame);
+                if buffered.data.len() > limit || buffered.overflowed {
+                    buffered.overflowed = true;
+                    break;
+                }
+            }
+        }
+    }
+    (Some(buffered), body)
+}
