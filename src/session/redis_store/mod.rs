@@ -617,12 +617,16 @@ impl Inner {
         let mut entries: Vec<(StreamId, usize, HashMap<String, String>)> = Vec::new();
         for (p, reply) in try_join_all(reads).await? {
             let parts = items(&reply)?;
-            if parts.len() != 2 {
+            if parts.len() != 3 {
                 return Err(StoreError::corrupt("unexpected read_events reply"));
             }
-            let max_deleted = StreamId::parse(&text(&parts[0])?).unwrap_or_default();
-            gap |= max_deleted > positions[p];
-            for entry in items(&parts[1])? {
+            // Entries before the first retained one were trimmed. A reader positioned before
+            // it may have missed some (or, if it stood exactly on the last trimmed entry,
+            // nothing; the resync that follows is then merely unneeded).
+            let first = StreamId::parse(&text(&parts[0])?).unwrap_or_default();
+            let trimmed = number("trimmed", &text(&parts[1])?)?;
+            gap |= trimmed > 0 && positions[p] < first;
+            for entry in items(&parts[2])? {
                 let entry = items(entry)?;
                 let [id, fields] = entry else {
                     return Err(StoreError::corrupt("malformed stream entry"));
