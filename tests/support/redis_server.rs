@@ -147,6 +147,26 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the process keeps its sockets but answers nothing, like a hung server.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// Starts again on the same port and directory (the AOF is replayed).
     pub fn restart(&mut self) {
         self.kill();
@@ -173,6 +193,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // A paused process ignores nothing but SIGKILL, which is what kill() sends.
         self.kill();
     }
 }
