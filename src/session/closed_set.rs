@@ -437,15 +437,25 @@ enum Wake {
     Tick,
 }
 
+/// First retry delay after a failed catch-up; doubled per failure up to the catch-up interval.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+
 async fn feed(set: Weak<ClosedSet>, store: Arc<dyn SessionStore>, config: FeedConfig) {
     let mut notices = store.watch();
     let mut timer = tokio::time::interval(config.catch_up_interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A failed catch-up (typically the first call on a connection the store just lost) is
+    // retried soon rather than at the next tick.
+    let retry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(retry);
+    let mut retry_pending = false;
+    let mut retry_delay = RETRY_MIN;
     let mut failing = false;
     loop {
         let wake = tokio::select! {
             notice = notices.recv() => Wake::Notice(notice),
             _ = timer.tick() => Wake::Tick,
+            _ = &mut retry, if retry_pending => Wake::Tick,
         };
         let Some(set) = set.upgrade() else {
             return;
@@ -472,12 +482,19 @@ async fn feed(set: Weak<ClosedSet>, store: Arc<dyn SessionStore>, config: FeedCo
                     );
                 }
                 failing = false;
+                retry_pending = false;
+                retry_delay = RETRY_MIN;
             }
             Err(err) => {
                 if !failing {
                     tracing::warn!(error = %err, ready = set.is_ready(), "Closed set could not catch up with the store; retrying.");
                 }
                 failing = true;
+                retry
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + retry_delay);
+                retry_pending = true;
+                retry_delay = (retry_delay * 2).min(config.catch_up_interval.max(RETRY_MIN));
             }
         }
     }
