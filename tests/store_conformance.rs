@@ -987,3 +987,49 @@ async fn redb_store_survives_reopening_its_file() {
     let last = all_events(&store).await.pop().unwrap();
     assert_eq!(last.id, (events.len() + 1).to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_scripts_reload_after_the_script_cache_is_flushed() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(
+        RedisTarget::Standalone { url: server.url() },
+        RedisOptions::default(),
+    )
+    .unwrap();
+    store.close(&sid("before"), lost_access("r")).await.unwrap();
+    assert!(server.cli(&["script", "flush"]).contains("OK"));
+    let outcome = store.close(&sid("after"), lost_access("r")).await.unwrap();
+    assert!(
+        matches!(outcome, CloseOutcome::Closed { .. }),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_store_builds_each_backend_from_its_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start();
+    for url in [
+        format!("redb:{}", dir.path().join("nested/state.redb").display()),
+        format!("{}/0?prefix=fromurl&timeout_ms=500", server.url()),
+    ] {
+        let store = haltgate::session::open_store(&url).await.unwrap();
+        let s = sid("via-url");
+        store.close(&s, lost_access("r")).await.unwrap();
+        assert!(store.get(&s).await.unwrap().unwrap().is_closed(), "{url}");
+    }
+    assert!(server
+        .cli(&["--scan", "--pattern", "fromurl:*"])
+        .contains("fromurl:{"));
+    let err = haltgate::session::open_store("mysql://x")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("expected redb:PATH"), "{err}");
+    // Redis being down is not an error at open time; the first operation fails fast.
+    let down = haltgate::session::open_store("redis://127.0.0.1:1/0?timeout_ms=200")
+        .await
+        .unwrap();
+    let err = down.get(&sid("x")).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+}

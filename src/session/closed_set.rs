@@ -344,7 +344,7 @@ impl ClosedSet {
             if mark
                 .last_closure
                 .as_ref()
-                .is_none_or(|known| closure.epoch > known.epoch)
+                .map_or(true, |known| closure.epoch > known.epoch)
             {
                 mark.last_closure = Some(closure);
             }

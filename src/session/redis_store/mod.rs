@@ -639,7 +639,7 @@ impl Inner {
         }
         // Each partition contributed a prefix of its stream; taking the smallest `limit` of
         // the union and advancing each partition past what was taken skips nothing.
-        entries.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        entries.sort_by_key(|entry| (entry.0, entry.1));
         entries.truncate(limit);
         let mut events = Vec::with_capacity(entries.len());
         for (id, p, fields) in entries {
