@@ -210,8 +210,9 @@ impl ClosedSet {
         self.merge_session(id, epoch, true, Some(Arc::new(entry)));
     }
 
-    /// The epoch a closure without one is about, as far as this instance knows: the latest
-    /// known epoch, or 0.
+    /// The epoch to record a local closure under when the request carried none: the latest
+    /// known epoch, or 0. For the local set only; the store gets the closure without an epoch
+    /// (see [`close_or_enqueue`](super::close_or_enqueue)).
     pub fn epoch_for(&self, id: &SessionId, request_epoch: Option<u64>) -> u64 {
         request_epoch.unwrap_or_else(|| self.latest_epoch(id).unwrap_or(0))
     }

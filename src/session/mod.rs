@@ -10,6 +10,14 @@
 //! - [`Outbox`]: a local durable queue of closures the shared store could not take (it was
 //!   down or slow); a relay replays them until the store confirms.
 //!
+//! # How the proxy uses it
+//! - At startup: `open_store(url)`, then `ClosedSet::spawn_feed` (readiness is
+//!   [`ClosedSet::is_ready`]) and `Outbox::open` + `Outbox::spawn_relay` with the same store.
+//! - Before forwarding a request: [`ClosedSet::check`] and [`ClosedSet::is_blocked`], no I/O.
+//! - On a lost-access match: [`ClosedSet::insert_closure`] (halts the next request at once),
+//!   then [`close_or_enqueue`] with the request's epoch (or none), then
+//!   [`ClosedSet::record_outcome`] if the store answered.
+//!
 //! # The model
 //! A session id that was never registered is **open at epoch 0**. [`SessionStore::open`]
 //! registers it at epoch 0; reopening a closed session moves it to `epoch + 1`. A closure

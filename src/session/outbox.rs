@@ -266,9 +266,10 @@ impl Inner {
 /// outbox for the relay. Returns an error only for input the store rejected for good or
 /// when the outbox itself cannot be written.
 ///
-/// Give the closure the epoch the request carried (or [`ClosedSet::epoch_for`](super::ClosedSet::epoch_for)):
-/// a closure without one is applied by the relay to the generation current at
-/// `closure.at_ms`, and fenced if the session was reopened since.
+/// Give the closure the epoch the request carried, and leave it `None` when the request
+/// carried none: the store then closes the generation current at `closure.at_ms` and fences
+/// the closure if the session was reopened after that, also when the relay delivers it late.
+/// (Guessing an epoch from local knowledge could be older than the store's and get fenced.)
 pub async fn close_or_enqueue(
     store: &dyn SessionStore,
     outbox: &Outbox,

@@ -460,7 +460,13 @@ impl Inner {
             let mut candidates = Vec::new();
             {
                 let due = txn.open_table(DUE).map_err(db_err)?;
-                for row in due.range((0u64, "")..(now_ms + 1, "")).map_err(db_err)? {
+                // Closing removes a session's wakeups, so the first `limit` due entries are
+                // all claimable.
+                for row in due
+                    .range((0u64, "")..(now_ms + 1, ""))
+                    .map_err(db_err)?
+                    .take(limit)
+                {
                     let (key, value) = row.map_err(db_err)?;
                     let (due_ms, wakeup_id) = key.value();
                     candidates.push((due_ms, wakeup_id.to_owned(), value.value().to_owned()));
