@@ -28,6 +28,7 @@ pub mod halt;
 pub mod ingress;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod shutdown;
 pub mod synthetic;
 pub mod upstream;

@@ -1,0 +1,370 @@
+//! [`Outbox`]: closures this instance could not hand to the shared store, kept in a local redb
+//! file until a relay lands them.
+//!
+//! The flow on a classified lost-access response is [`close_or_enqueue`]: try the store
+//! (bounded by its timeout); if it is unavailable, write the closure to the outbox
+//! (`Durability::Immediate`, fsynced) before the halt response goes out. The relay
+//! ([`Outbox::spawn_relay`]) replays pending records with capped, jittered exponential
+//! backoff until the store answers `Closed`, `AlreadyClosed` or `Fenced`, all terminal, and
+//! then deletes the record. The records alone drive the relay, so it resumes after a restart.
+//! A record the store rejects for good (invalid input, a script error) is moved to the
+//! dead letters and logged instead of being retried forever.
+
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::error::StoreError;
+use super::model::{unix_ms_now, CloseOutcome, Closure, SessionId};
+use super::SessionStore;
+
+const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
+const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const LAST_ID: &str = "last_id";
+
+/// A closure waiting to reach the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub id: u64,
+    pub session: SessionId,
+    pub closure: Closure,
+    pub recorded_at_ms: u64,
+}
+
+/// A closure the store refused for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub entry: OutboxEntry,
+    pub error: String,
+    pub failed_at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// First retry delay after the store failed; doubled per failure up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How often an empty outbox is looked at even without a new record (records written
+    /// by an earlier process are found at start anyway).
+    pub idle_poll: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            idle_poll: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a closure went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CloseDisposition {
+    /// The store took it (or answered that it already had it, or fenced it).
+    Stored(CloseOutcome),
+    /// The store was unavailable; the closure is in the outbox under `entry`.
+    Queued { entry: u64, cause: StoreError },
+}
+
+/// The local durable outbox. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+    wake: Arc<Notify>,
+}
+
+struct Inner {
+    db: Database,
+}
+
+fn db_err(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Failed(format!("outbox: {err}"))
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox file. Blocking.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Failed(format!("creating {}: {e}", parent.display())))?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Failed(format!("opening outbox {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(PENDING).map_err(db_err)?;
+            txn.open_table(DEAD).map_err(db_err)?;
+            txn.open_table(COUNTERS).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Outbox {
+            inner: Arc::new(Inner { db }),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || op(&inner))
+            .await
+            .map_err(|e| StoreError::Failed(format!("outbox operation panicked: {e}")))?
+    }
+
+    /// Writes the closure durably and wakes the relay; returns the record id.
+    pub async fn record(&self, session: &SessionId, closure: &Closure) -> Result<u64, StoreError> {
+        let closure = closure.normalized()?;
+        let session = session.clone();
+        let id = self
+            .blocking(move |inner| inner.record(session, closure))
+            .await?;
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Pending records, oldest first.
+    pub async fn pending(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.blocking(|inner| inner.list(PENDING)).await
+    }
+
+    pub async fn len(&self) -> Result<usize, StoreError> {
+        self.blocking(|inner| {
+            let txn = inner.db.begin_read().map_err(db_err)?;
+            Ok(txn
+                .open_table(PENDING)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)? as usize)
+        })
+        .await
+    }
+
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len().await? == 0)
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.blocking(|inner| inner.list(DEAD)).await
+    }
+
+    /// Deletes a pending record; true if it was there.
+    pub async fn remove(&self, id: u64) -> Result<bool, StoreError> {
+        self.blocking(move |inner| inner.remove(id)).await
+    }
+
+    async fn bury(&self, entry: OutboxEntry, error: &StoreError) -> Result<(), StoreError> {
+        let letter = DeadLetter {
+            entry,
+            error: error.to_string(),
+            failed_at_ms: unix_ms_now(),
+        };
+        self.blocking(move |inner| inner.bury(letter)).await
+    }
+
+    /// Starts the relay task (see the module docs). It ends when every `Outbox` handle is
+    /// dropped, or when aborted.
+    pub fn spawn_relay(&self, store: Arc<dyn SessionStore>, config: RelayConfig) -> JoinHandle<()> {
+        let inner = Arc::downgrade(&self.inner);
+        let wake = self.wake.clone();
+        tokio::spawn(relay(inner, wake, store, config))
+    }
+}
+
+impl Inner {
+    fn record(&self, session: SessionId, closure: Closure) -> Result<u64, StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        let id = {
+            let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+            let id = counters
+                .get(LAST_ID)
+                .map_err(db_err)?
+                .map_or(0, |g| g.value())
+                + 1;
+            counters.insert(LAST_ID, id).map_err(db_err)?;
+            let entry = OutboxEntry {
+                id,
+                session,
+                closure,
+                recorded_at_ms: unix_ms_now(),
+            };
+            let bytes =
+                serde_json::to_vec(&entry).map_err(|e| StoreError::invalid(e.to_string()))?;
+            txn.open_table(PENDING)
+                .map_err(db_err)?
+                .insert(id, bytes.as_slice())
+                .map_err(db_err)?;
+            id
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(id)
+    }
+
+    fn list<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let rows = txn.open_table(table).map_err(db_err)?;
+        let mut found = Vec::new();
+        for row in rows.iter().map_err(db_err)? {
+            let (_, value) = row.map_err(db_err)?;
+            found.push(
+                serde_json::from_slice(value.value())
+                    .map_err(|e| StoreError::corrupt(format!("outbox record: {e}")))?,
+            );
+        }
+        Ok(found)
+    }
+
+    fn remove(&self, id: u64) -> Result<bool, StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        let removed = txn
+            .open_table(PENDING)
+            .map_err(db_err)?
+            .remove(id)
+            .map_err(db_err)?
+            .is_some();
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    fn bury(&self, letter: DeadLetter) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        {
+            let bytes =
+                serde_json::to_vec(&letter).map_err(|e| StoreError::invalid(e.to_string()))?;
+            txn.open_table(DEAD)
+                .map_err(db_err)?
+                .insert(letter.entry.id, bytes.as_slice())
+                .map_err(db_err)?;
+            txn.open_table(PENDING)
+                .map_err(db_err)?
+                .remove(letter.entry.id)
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// Closes through the store, or, when the store is unavailable, records the closure in the
+/// outbox for the relay. Returns an error only for input the store rejected for good or
+/// when the outbox itself cannot be written.
+///
+/// Give the closure the epoch the request carried, and leave it `None` when the request
+/// carried none: the store then closes the generation current at `closure.at_ms` and fences
+/// the closure if the session was reopened after that, also when the relay delivers it late.
+/// (Guessing an epoch from local knowledge could be older than the store's and get fenced.)
+pub async fn close_or_enqueue(
+    store: &dyn SessionStore,
+    outbox: &Outbox,
+    session: &SessionId,
+    closure: Closure,
+) -> Result<CloseDisposition, StoreError> {
+    let closure = closure.normalized()?;
+    match store.close(session, closure.clone()).await {
+        Ok(outcome) => Ok(CloseDisposition::Stored(outcome)),
+        Err(cause) if cause.is_retryable() => {
+            let entry = outbox.record(session, &closure).await?;
+            tracing::warn!(session = %session, entry, error = %cause, "Store unavailable; closure queued in the outbox.");
+            Ok(CloseDisposition::Queued { entry, cause })
+        }
+        Err(err) => Err(err),
+    }
+}
+
+async fn relay(
+    inner: Weak<Inner>,
+    wake: Arc<Notify>,
+    store: Arc<dyn SessionStore>,
+    config: RelayConfig,
+) {
+    let mut backoff = config.initial_backoff;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let outbox = Outbox {
+            inner: strong,
+            wake: wake.clone(),
+        };
+        let pending = match outbox.pending().await {
+            Ok(pending) => pending,
+            Err(err) => {
+                tracing::error!(error = %err, "Cannot read the closure outbox.");
+                drop(outbox);
+                tokio::time::sleep(config.max_backoff).await;
+                continue;
+            }
+        };
+        if pending.is_empty() {
+            drop(outbox);
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(config.idle_poll) => {}
+            }
+            continue;
+        }
+        let mut store_down = false;
+        for entry in pending {
+            match store.close(&entry.session, entry.closure.clone()).await {
+                Ok(outcome) => {
+                    let landed = match &outcome {
+                        CloseOutcome::Closed { .. } => "closed",
+                        CloseOutcome::AlreadyClosed { .. } => "already_closed",
+                        CloseOutcome::Fenced { .. } => "fenced",
+                    };
+                    tracing::info!(session = %entry.session, entry = entry.id, outcome = landed, "Relayed a queued closure.");
+                    if let Err(err) = outbox.remove(entry.id).await {
+                        tracing::error!(error = %err, entry = entry.id, "Cannot delete a relayed closure from the outbox.");
+                    }
+                }
+                Err(err) if err.is_retryable() => {
+                    tracing::debug!(error = %err, "Store still unavailable for queued closures.");
+                    store_down = true;
+                    break;
+                }
+                Err(err) => {
+                    tracing::error!(session = %entry.session, entry = entry.id, error = %err, "Store refused a queued closure; moved to dead letters.");
+                    if let Err(bury_err) = outbox.bury(entry, &err).await {
+                        tracing::error!(error = %bury_err, "Cannot move a closure to the dead letters.");
+                    }
+                }
+            }
+        }
+        drop(outbox);
+        if store_down {
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(config.max_backoff);
+        } else {
+            backoff = config.initial_backoff;
+        }
+    }
+}
+
+/// Between half and all of `delay`, so instances that lost the store together do not
+/// retry in lockstep.
+fn jittered(delay: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let mut byte = [0u8; 1];
+    let fraction = match ring::rand::SystemRandom::new().fill(&mut byte) {
+        Ok(()) => f64::from(byte[0]) / 255.0,
+        Err(_) => 1.0,
+    };
+    delay.mul_f64(0.5 + 0.5 * fraction)
+}

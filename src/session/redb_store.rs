@@ -1,0 +1,815 @@
+//! [`RedbStore`]: the single-node store, one embedded redb file.
+//!
+//! Every operation is one redb write transaction committed with `Durability::Immediate`
+//! (fsynced before the call returns), run on Tokio's blocking pool. redb allows one writer
+//! at a time, which is what makes each operation atomic. Live notifications are an
+//! in-process broadcast sent after commit, so only handles of this process see them; a redb
+//! file is not meant to be shared by several processes.
+//!
+//! Tables: `sessions` (id → record JSON), `wakeups` ((id, wakeup id) → due and payload),
+//! `due` ((due ms, wakeup id) → session id, the claim index), `events` (sequence → event
+//! JSON, trimmed to `event_retention`), `credentials`, `credential_generations`, `counters`
+//! and `secrets`.
+
+use std::fmt::Display;
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use super::credential::{generate_secret, CredentialBlock, Fingerprint};
+use super::error::StoreError;
+use super::event::{
+    ClosureSummary, CredentialMark, EventCursor, EventKind, EventPage, Notice, SessionMark,
+    Snapshot, StateEvent,
+};
+use super::model::{
+    check_exact, check_payload, check_rule, new_wakeup_id, unix_ms_now, AddWakeup, ClaimedWakeup,
+    CloseOutcome, Closure, ClosureInfo, OpenSpec, SessionId, SessionRecord, SessionStatus, Wakeup,
+};
+use super::{BoxFuture, SessionStore};
+
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const WAKEUPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("wakeups");
+const DUE: TableDefinition<(u64, &str), &str> = TableDefinition::new("due");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("credentials");
+const CREDENTIAL_GENERATIONS: TableDefinition<&str, u64> =
+    TableDefinition::new("credential_generations");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+
+const LAST_EVENT_SEQ: &str = "last_event_seq";
+const TRIMMED_THROUGH: &str = "trimmed_through";
+const DEPLOYMENT_SECRET: &str = "deployment_secret";
+const CURSOR_PREFIX: &str = "redb:";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedbOptions {
+    /// Events kept in the log; older ones are trimmed (readers behind them see a gap).
+    pub event_retention: u64,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions {
+            event_retention: 100_000,
+        }
+    }
+}
+
+/// The embedded single-node [`SessionStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    options: RedbOptions,
+    live: broadcast::Sender<StateEvent>,
+}
+
+/// The session row: the record plus the last closure, which a reopen clears from the
+/// record but the closed set still needs (a request of the old generation stays halted).
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    record: SessionRecord,
+    last_closure: Option<ClosureSummary>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredWakeup {
+    due_ms: u64,
+    payload: serde_json::Value,
+}
+
+fn db_err(err: impl Display) -> StoreError {
+    StoreError::Failed(format!("redb: {err}"))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing our own plain structs cannot fail.
+    serde_json::to_vec(value).expect("serializable value")
+}
+
+impl RedbStore {
+    /// Opens (or creates) the file. Blocking: call from a blocking context or at startup.
+    pub fn open(path: &Path, options: RedbOptions) -> Result<Self, StoreError> {
+        if options.event_retention == 0 {
+            return Err(StoreError::invalid("event_retention must be at least 1"));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Failed(format!("creating {}: {e}", parent.display())))?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Failed(format!("opening {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            // Creating every table up front lets read transactions open them unconditionally.
+            txn.open_table(SESSIONS).map_err(db_err)?;
+            txn.open_table(WAKEUPS).map_err(db_err)?;
+            txn.open_table(DUE).map_err(db_err)?;
+            txn.open_table(EVENTS).map_err(db_err)?;
+            txn.open_table(CREDENTIALS).map_err(db_err)?;
+            txn.open_table(CREDENTIAL_GENERATIONS).map_err(db_err)?;
+            txn.open_table(COUNTERS).map_err(db_err)?;
+            txn.open_table(SECRETS).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        let (live, _) = broadcast::channel(1024);
+        Ok(RedbStore {
+            inner: Arc::new(Inner { db, options, live }),
+        })
+    }
+
+    async fn blocking<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || op(&inner))
+            .await
+            .map_err(|e| StoreError::Failed(format!("redb operation panicked: {e}")))?
+    }
+}
+
+impl Inner {
+    fn write<T>(
+        &self,
+        op: impl FnOnce(&WriteTransaction, &mut Vec<StateEvent>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        let mut events = Vec::new();
+        let value = op(&txn, &mut events)?;
+        txn.commit().map_err(db_err)?;
+        for event in events {
+            // No receivers is fine: nobody is watching.
+            let _ = self.live.send(event);
+        }
+        Ok(value)
+    }
+
+    fn append_event(
+        &self,
+        txn: &WriteTransaction,
+        mut event: StateEvent,
+        out: &mut Vec<StateEvent>,
+    ) -> Result<(), StoreError> {
+        let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        let mut events = txn.open_table(EVENTS).map_err(db_err)?;
+        let last = counters
+            .get(LAST_EVENT_SEQ)
+            .map_err(db_err)?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let mut trimmed = counters
+            .get(TRIMMED_THROUGH)
+            .map_err(db_err)?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let seq = last + 1;
+        event.id = seq.to_string();
+        events
+            .insert(seq, encode(&event).as_slice())
+            .map_err(db_err)?;
+        counters.insert(LAST_EVENT_SEQ, seq).map_err(db_err)?;
+        while seq - trimmed > self.options.event_retention {
+            trimmed += 1;
+            events.remove(trimmed).map_err(db_err)?;
+        }
+        counters.insert(TRIMMED_THROUGH, trimmed).map_err(db_err)?;
+        out.push(event);
+        Ok(())
+    }
+
+    fn load_session(
+        txn: &WriteTransaction,
+        id: &SessionId,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let sessions = txn.open_table(SESSIONS).map_err(db_err)?;
+        let row = sessions.get(id.as_str()).map_err(db_err)?;
+        row.map(|g| decode("session", g.value())).transpose()
+    }
+
+    fn save_session(txn: &WriteTransaction, stored: &StoredSession) -> Result<(), StoreError> {
+        let mut sessions = txn.open_table(SESSIONS).map_err(db_err)?;
+        sessions
+            .insert(stored.record.id.as_str(), encode(stored).as_slice())
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn get(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let sessions = txn.open_table(SESSIONS).map_err(db_err)?;
+        let row = sessions.get(id.as_str()).map_err(db_err)?;
+        row.map(|g| decode::<StoredSession>("session", g.value()).map(|s| s.record))
+            .transpose()
+    }
+
+    fn open(&self, id: &SessionId, spec: OpenSpec) -> Result<SessionRecord, StoreError> {
+        let spec = spec.checked()?;
+        self.write(|txn, events| {
+            let (mut stored, kind) = match Self::load_session(txn, id)? {
+                None => {
+                    let mut record = SessionRecord::unregistered(id.clone());
+                    record.opened_at_ms = Some(spec.at_ms);
+                    (
+                        StoredSession {
+                            record,
+                            last_closure: None,
+                        },
+                        EventKind::Opened,
+                    )
+                }
+                Some(mut stored) if stored.record.is_closed() => {
+                    let record = &mut stored.record;
+                    record.epoch += 1;
+                    check_exact("epoch", record.epoch)?;
+                    record.status = SessionStatus::Open;
+                    record.closure = None;
+                    record.opened_at_ms = Some(spec.at_ms);
+                    (stored, EventKind::Reopened)
+                }
+                Some(stored) => (stored, EventKind::Opened),
+            };
+            match spec.scope.as_deref() {
+                None => {}
+                Some("") => stored.record.scope = None,
+                Some(text) => {
+                    stored.record.scope = Some(
+                        serde_json::from_str(text)
+                            .map_err(|e| StoreError::invalid(e.to_string()))?,
+                    )
+                }
+            }
+            match spec.resume.as_deref() {
+                None => {}
+                Some("") => stored.record.resume = None,
+                Some(resume) => stored.record.resume = Some(resume.to_owned()),
+            }
+            Self::save_session(txn, &stored)?;
+            let mut event = StateEvent::bare(kind, stored.record.epoch, spec.at_ms);
+            event.session = Some(id.clone());
+            self.append_event(txn, event, events)?;
+            Ok(stored.record)
+        })
+    }
+
+    fn close(&self, id: &SessionId, closure: Closure) -> Result<CloseOutcome, StoreError> {
+        let closure = closure.normalized()?;
+        self.write(|txn, events| {
+            let mut stored = Self::load_session(txn, id)?.unwrap_or_else(|| StoredSession {
+                record: SessionRecord::unregistered(id.clone()),
+                last_closure: None,
+            });
+            let current = stored.record.epoch;
+            let epoch = match closure.epoch {
+                Some(epoch) => epoch,
+                None if stored
+                    .record
+                    .opened_at_ms
+                    .is_some_and(|opened| closure.at_ms < opened) =>
+                {
+                    return Ok(CloseOutcome::Fenced {
+                        current_epoch: current,
+                    });
+                }
+                None => current,
+            };
+            if epoch < current {
+                return Ok(CloseOutcome::Fenced {
+                    current_epoch: current,
+                });
+            }
+            if epoch == current && stored.record.is_closed() {
+                return Ok(CloseOutcome::AlreadyClosed {
+                    record: stored.record,
+                });
+            }
+            let cancelled = Self::remove_wakeups(txn, id)?;
+            stored.record.epoch = epoch;
+            stored.record.status = SessionStatus::Closed;
+            stored.record.closure = Some(ClosureInfo::from_closure(&closure));
+            stored.last_closure = Some(ClosureSummary {
+                epoch,
+                class: closure.class.clone(),
+                rule: closure.rule.clone(),
+                reason: closure.reason.clone(),
+                closed_at_ms: closure.at_ms,
+            });
+            Self::save_session(txn, &stored)?;
+            let mut event = StateEvent::bare(EventKind::Closed, epoch, closure.at_ms);
+            event.session = Some(id.clone());
+            event.class = Some(closure.class.clone());
+            event.rule = Some(closure.rule.clone());
+            event.reason = Some(closure.reason.clone());
+            event.detail = Some(closure.detail.clone());
+            event.upstream_status = closure.upstream_status;
+            event.cancelled = Some(cancelled);
+            self.append_event(txn, event, events)?;
+            Ok(CloseOutcome::Closed {
+                record: stored.record,
+                cancelled_wakeups: cancelled,
+            })
+        })
+    }
+
+    fn session_wakeups(
+        txn: &WriteTransaction,
+        id: &SessionId,
+    ) -> Result<Vec<(String, StoredWakeup)>, StoreError> {
+        let wakeups = txn.open_table(WAKEUPS).map_err(db_err)?;
+        let mut found = Vec::new();
+        for row in wakeups.range((id.as_str(), "")..).map_err(db_err)? {
+            let (key, value) = row.map_err(db_err)?;
+            let (session, wakeup_id) = key.value();
+            if session != id.as_str() {
+                break;
+            }
+            found.push((wakeup_id.to_owned(), decode("wakeup", value.value())?));
+        }
+        Ok(found)
+    }
+
+    fn remove_wakeups(txn: &WriteTransaction, id: &SessionId) -> Result<u64, StoreError> {
+        let found = Self::session_wakeups(txn, id)?;
+        let mut wakeups = txn.open_table(WAKEUPS).map_err(db_err)?;
+        let mut due = txn.open_table(DUE).map_err(db_err)?;
+        for (wakeup_id, wakeup) in &found {
+            wakeups
+                .remove((id.as_str(), wakeup_id.as_str()))
+                .map_err(db_err)?;
+            due.remove((wakeup.due_ms, wakeup_id.as_str()))
+                .map_err(db_err)?;
+        }
+        Ok(found.len() as u64)
+    }
+
+    fn reset_resume(
+        &self,
+        id: &SessionId,
+        epoch: Option<u64>,
+        rule: &str,
+    ) -> Result<bool, StoreError> {
+        check_rule(rule)?;
+        let at_ms = unix_ms_now();
+        self.write(|txn, events| {
+            let Some(mut stored) = Self::load_session(txn, id)? else {
+                return Ok(false);
+            };
+            if epoch.is_some_and(|e| e != stored.record.epoch) || stored.record.resume.is_none() {
+                return Ok(false);
+            }
+            stored.record.resume = None;
+            Self::save_session(txn, &stored)?;
+            let mut event = StateEvent::bare(EventKind::ResumeReset, stored.record.epoch, at_ms);
+            event.session = Some(id.clone());
+            event.rule = Some(rule.to_owned());
+            self.append_event(txn, event, events)?;
+            Ok(true)
+        })
+    }
+
+    fn add_wakeup(
+        &self,
+        id: &SessionId,
+        due_ms: u64,
+        payload: serde_json::Value,
+    ) -> Result<AddWakeup, StoreError> {
+        check_exact("due_ms", due_ms)?;
+        check_payload(&payload)?;
+        let wakeup_id = new_wakeup_id()?;
+        self.write(|txn, _| {
+            let epoch = match Self::load_session(txn, id)? {
+                Some(stored) if stored.record.is_closed() => return Ok(AddWakeup::SessionClosed),
+                Some(stored) => stored.record.epoch,
+                None => 0,
+            };
+            let stored = StoredWakeup { due_ms, payload };
+            let mut wakeups = txn.open_table(WAKEUPS).map_err(db_err)?;
+            let mut due = txn.open_table(DUE).map_err(db_err)?;
+            wakeups
+                .insert(
+                    (id.as_str(), wakeup_id.as_str()),
+                    encode(&stored).as_slice(),
+                )
+                .map_err(db_err)?;
+            due.insert((due_ms, wakeup_id.as_str()), id.as_str())
+                .map_err(db_err)?;
+            Ok(AddWakeup::Added(Wakeup {
+                id: wakeup_id.clone(),
+                session: id.clone(),
+                epoch,
+                due_ms,
+                payload: stored.payload,
+            }))
+        })
+    }
+
+    fn pending_wakeups(&self, id: &SessionId) -> Result<Vec<Wakeup>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let sessions = txn.open_table(SESSIONS).map_err(db_err)?;
+        let epoch = match sessions.get(id.as_str()).map_err(db_err)? {
+            Some(row) => {
+                decode::<StoredSession>("session", row.value())?
+                    .record
+                    .epoch
+            }
+            None => 0,
+        };
+        let wakeups = txn.open_table(WAKEUPS).map_err(db_err)?;
+        let mut found = Vec::new();
+        for row in wakeups.range((id.as_str(), "")..).map_err(db_err)? {
+            let (key, value) = row.map_err(db_err)?;
+            let (session, wakeup_id) = key.value();
+            if session != id.as_str() {
+                break;
+            }
+            let stored: StoredWakeup = decode("wakeup", value.value())?;
+            found.push(Wakeup {
+                id: wakeup_id.to_owned(),
+                session: id.clone(),
+                epoch,
+                due_ms: stored.due_ms,
+                payload: stored.payload,
+            });
+        }
+        found.sort_by(|a, b| a.due_ms.cmp(&b.due_ms).then_with(|| a.id.cmp(&b.id)));
+        Ok(found)
+    }
+
+    fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<ClaimedWakeup>, StoreError> {
+        check_exact("now_ms", now_ms)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.write(|txn, _| {
+            let mut candidates = Vec::new();
+            {
+                let due = txn.open_table(DUE).map_err(db_err)?;
+                // Closing removes a session's wakeups, so the first `limit` due entries are
+                // all claimable.
+                for row in due
+                    .range((0u64, "")..(now_ms + 1, ""))
+                    .map_err(db_err)?
+                    .take(limit)
+                {
+                    let (key, value) = row.map_err(db_err)?;
+                    let (due_ms, wakeup_id) = key.value();
+                    candidates.push((due_ms, wakeup_id.to_owned(), value.value().to_owned()));
+                }
+            }
+            let mut claimed = Vec::new();
+            let mut due = txn.open_table(DUE).map_err(db_err)?;
+            let mut wakeups = txn.open_table(WAKEUPS).map_err(db_err)?;
+            let sessions = txn.open_table(SESSIONS).map_err(db_err)?;
+            for (due_ms, wakeup_id, session) in candidates {
+                if claimed.len() >= limit {
+                    break;
+                }
+                let id = SessionId::parse(&session)
+                    .map_err(|e| StoreError::corrupt(format!("due index: {e}")))?;
+                let record = match sessions.get(session.as_str()).map_err(db_err)? {
+                    Some(row) => Some(decode::<StoredSession>("session", row.value())?.record),
+                    None => None,
+                };
+                due.remove((due_ms, wakeup_id.as_str())).map_err(db_err)?;
+                let stored = wakeups
+                    .remove((session.as_str(), wakeup_id.as_str()))
+                    .map_err(db_err)?
+                    .map(|g| decode::<StoredWakeup>("wakeup", g.value()))
+                    .transpose()?;
+                // Close removes wakeups in the same transaction, so a closed session has none;
+                // checking anyway keeps the guarantee local to this function.
+                let (Some(stored), false) = (
+                    stored,
+                    record.as_ref().is_some_and(SessionRecord::is_closed),
+                ) else {
+                    continue;
+                };
+                claimed.push(ClaimedWakeup {
+                    wakeup: Wakeup {
+                        id: wakeup_id,
+                        session: id,
+                        epoch: record.map_or(0, |r| r.epoch),
+                        due_ms,
+                        payload: stored.payload,
+                    },
+                    claimed_at_ms: now_ms,
+                });
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn block_credential(&self, block: CredentialBlock) -> Result<bool, StoreError> {
+        let block = block.normalized()?;
+        self.write(|txn, events| {
+            let mut credentials = txn.open_table(CREDENTIALS).map_err(db_err)?;
+            let key = block.fingerprint.as_str();
+            if credentials.get(key).map_err(db_err)?.is_some() {
+                return Ok(false);
+            }
+            credentials
+                .insert(key, encode(&block).as_slice())
+                .map_err(db_err)?;
+            let generation = Self::bump_generation(txn, key)?;
+            let mut event = StateEvent::bare(
+                EventKind::CredentialBlocked,
+                generation,
+                block.blocked_at_ms,
+            );
+            event.fingerprint = Some(block.fingerprint.clone());
+            event.class = Some(block.class.clone());
+            event.rule = Some(block.rule.clone());
+            event.reason = Some(block.reason.clone());
+            drop(credentials);
+            self.append_event(txn, event, events)?;
+            Ok(true)
+        })
+    }
+
+    fn bump_generation(txn: &WriteTransaction, key: &str) -> Result<u64, StoreError> {
+        let mut generations = txn.open_table(CREDENTIAL_GENERATIONS).map_err(db_err)?;
+        let next = generations
+            .get(key)
+            .map_err(db_err)?
+            .map_or(0, |g| g.value())
+            + 1;
+        generations.insert(key, next).map_err(db_err)?;
+        Ok(next)
+    }
+
+    fn unblock_credential(&self, fingerprint: &Fingerprint) -> Result<bool, StoreError> {
+        let at_ms = unix_ms_now();
+        self.write(|txn, events| {
+            let mut credentials = txn.open_table(CREDENTIALS).map_err(db_err)?;
+            let removed = credentials
+                .remove(fingerprint.as_str())
+                .map_err(db_err)?
+                .is_some();
+            drop(credentials);
+            if !removed {
+                return Ok(false);
+            }
+            let generation = Self::bump_generation(txn, fingerprint.as_str())?;
+            let mut event = StateEvent::bare(EventKind::CredentialUnblocked, generation, at_ms);
+            event.fingerprint = Some(fingerprint.clone());
+            self.append_event(txn, event, events)?;
+            Ok(true)
+        })
+    }
+
+    fn blocked_credentials(&self) -> Result<Vec<CredentialBlock>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let credentials = txn.open_table(CREDENTIALS).map_err(db_err)?;
+        let mut blocks = Vec::new();
+        for row in credentials.iter().map_err(db_err)? {
+            let (_, value) = row.map_err(db_err)?;
+            blocks.push(decode("credential", value.value())?);
+        }
+        Ok(blocks)
+    }
+
+    fn events_after(
+        &self,
+        cursor: Option<&EventCursor>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let after = match cursor {
+            None => 0,
+            Some(cursor) => cursor
+                .as_str()
+                .strip_prefix(CURSOR_PREFIX)
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| StoreError::InvalidCursor {
+                    cursor: cursor.as_str().to_owned(),
+                    reason: "not a redb store cursor".into(),
+                })?,
+        };
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        let trimmed = counters
+            .get(TRIMMED_THROUGH)
+            .map_err(db_err)?
+            .map_or(0, |g| g.value());
+        let events_table = txn.open_table(EVENTS).map_err(db_err)?;
+        let mut events = Vec::new();
+        let mut last = after;
+        if limit > 0 {
+            for row in events_table.range(after + 1..).map_err(db_err)?.take(limit) {
+                let (key, value) = row.map_err(db_err)?;
+                last = key.value();
+                events.push(decode::<StateEvent>("event", value.value())?);
+            }
+        }
+        Ok(EventPage {
+            events,
+            cursor: EventCursor::from_token(format!("{CURSOR_PREFIX}{last}")),
+            gap: trimmed > after,
+        })
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        let last = counters
+            .get(LAST_EVENT_SEQ)
+            .map_err(db_err)?
+            .map_or(0, |g| g.value());
+        let mut sessions = Vec::new();
+        for row in txn
+            .open_table(SESSIONS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (_, value) = row.map_err(db_err)?;
+            let stored: StoredSession = decode("session", value.value())?;
+            if stored.record.is_closed() || stored.last_closure.is_some() {
+                sessions.push(SessionMark {
+                    session: stored.record.id,
+                    epoch: stored.record.epoch,
+                    status: stored.record.status,
+                    last_closure: stored.last_closure,
+                });
+            }
+        }
+        let credentials_table = txn.open_table(CREDENTIALS).map_err(db_err)?;
+        let mut credentials = Vec::new();
+        for row in txn
+            .open_table(CREDENTIAL_GENERATIONS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (key, generation) = row.map_err(db_err)?;
+            let fingerprint =
+                Fingerprint::parse(key.value()).map_err(|e| StoreError::corrupt(e.to_string()))?;
+            let block = credentials_table
+                .get(key.value())
+                .map_err(db_err)?
+                .map(|g| decode::<CredentialBlock>("credential", g.value()))
+                .transpose()?;
+            credentials.push(CredentialMark {
+                fingerprint,
+                generation: generation.value(),
+                block,
+            });
+        }
+        Ok(Snapshot {
+            cursor: EventCursor::from_token(format!("{CURSOR_PREFIX}{last}")),
+            sessions,
+            credentials,
+        })
+    }
+
+    fn deployment_secret(&self) -> Result<Vec<u8>, StoreError> {
+        {
+            let txn = self.db.begin_read().map_err(db_err)?;
+            let secrets = txn.open_table(SECRETS).map_err(db_err)?;
+            if let Some(secret) = secrets.get(DEPLOYMENT_SECRET).map_err(db_err)? {
+                return Ok(secret.value().to_vec());
+            }
+        }
+        let generated = generate_secret()?;
+        self.write(|txn, _| {
+            let mut secrets = txn.open_table(SECRETS).map_err(db_err)?;
+            // Another handle may have written it between our read and this transaction.
+            if let Some(secret) = secrets.get(DEPLOYMENT_SECRET).map_err(db_err)? {
+                return Ok(secret.value().to_vec());
+            }
+            secrets
+                .insert(DEPLOYMENT_SECRET, generated.as_slice())
+                .map_err(db_err)?;
+            Ok(generated)
+        })
+    }
+}
+
+impl SessionStore for RedbStore {
+    fn get(&self, id: &SessionId) -> BoxFuture<'_, Result<Option<SessionRecord>, StoreError>> {
+        let id = id.clone();
+        Box::pin(self.blocking(move |inner| inner.get(&id)))
+    }
+
+    fn open(
+        &self,
+        id: &SessionId,
+        spec: OpenSpec,
+    ) -> BoxFuture<'_, Result<SessionRecord, StoreError>> {
+        let id = id.clone();
+        Box::pin(self.blocking(move |inner| inner.open(&id, spec)))
+    }
+
+    fn close(
+        &self,
+        id: &SessionId,
+        closure: Closure,
+    ) -> BoxFuture<'_, Result<CloseOutcome, StoreError>> {
+        let id = id.clone();
+        Box::pin(self.blocking(move |inner| inner.close(&id, closure)))
+    }
+
+    fn reset_resume(
+        &self,
+        id: &SessionId,
+        epoch: Option<u64>,
+        rule: &str,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let id = id.clone();
+        let rule = rule.to_owned();
+        Box::pin(self.blocking(move |inner| inner.reset_resume(&id, epoch, &rule)))
+    }
+
+    fn add_wakeup(
+        &self,
+        id: &SessionId,
+        due_ms: u64,
+        payload: serde_json::Value,
+    ) -> BoxFuture<'_, Result<AddWakeup, StoreError>> {
+        let id = id.clone();
+        Box::pin(self.blocking(move |inner| inner.add_wakeup(&id, due_ms, payload)))
+    }
+
+    fn pending_wakeups(&self, id: &SessionId) -> BoxFuture<'_, Result<Vec<Wakeup>, StoreError>> {
+        let id = id.clone();
+        Box::pin(self.blocking(move |inner| inner.pending_wakeups(&id)))
+    }
+
+    fn claim_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedWakeup>, StoreError>> {
+        Box::pin(self.blocking(move |inner| inner.claim_due(now_ms, limit)))
+    }
+
+    fn block_credential(&self, block: CredentialBlock) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.blocking(move |inner| inner.block_credential(block)))
+    }
+
+    fn unblock_credential(
+        &self,
+        fingerprint: &Fingerprint,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let fingerprint = fingerprint.clone();
+        Box::pin(self.blocking(move |inner| inner.unblock_credential(&fingerprint)))
+    }
+
+    fn blocked_credentials(&self) -> BoxFuture<'_, Result<Vec<CredentialBlock>, StoreError>> {
+        Box::pin(self.blocking(|inner| inner.blocked_credentials()))
+    }
+
+    fn events_after(
+        &self,
+        cursor: Option<&EventCursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<EventPage, StoreError>> {
+        let cursor = cursor.cloned();
+        Box::pin(self.blocking(move |inner| inner.events_after(cursor.as_ref(), limit)))
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
+        Box::pin(self.blocking(|inner| inner.snapshot()))
+    }
+
+    fn watch(&self) -> mpsc::Receiver<Notice> {
+        // Subscribe before announcing Resync, so nothing committed after the Resync is missed.
+        let mut live = self.inner.live.subscribe();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            if tx.send(Notice::Resync).await.is_err() {
+                return;
+            }
+            loop {
+                let notice = match live.recv().await {
+                    Ok(event) => Notice::Event(event),
+                    Err(broadcast::error::RecvError::Lagged(_)) => Notice::Resync,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(notice).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    fn deployment_secret(&self) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
+        Box::pin(self.blocking(|inner| inner.deployment_secret()))
+    }
+}

@@ -1,0 +1,13 @@
+-- Block a credential; its generation goes up by one.
+-- KEYS: 1 partition credentials hash, 2 partition generations hash, 3 partition event stream
+-- ARGV: 1 stream maxlen, 2 channel, 3 partition, 4 fingerprint, 5 block JSON, 6 class,
+--       7 rule, 8 reason, 9 at ms
+if redis.call('HEXISTS', KEYS[1], ARGV[4]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
+local generation = redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+emit(KEYS[3], ARGV[1], ARGV[2], ARGV[3], {'kind', 'credential_blocked', 'fingerprint', ARGV[4],
+  'epoch', string.format('%d', generation), 'class', ARGV[6], 'rule', ARGV[7], 'reason', ARGV[8],
+  'at_ms', ARGV[9]})
+return 1

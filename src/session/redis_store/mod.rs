@@ -1,0 +1,833 @@
+//! [`RedisStore`]: the fleet store, on standalone Redis or Redis Cluster (7.0+).
+//!
+//! Every state change is one Lua script (see `scripts.rs` and `lua/`) that also appends the
+//! event to the partition's stream (`XADD … MAXLEN ~`) and publishes it, so the change, its
+//! log entry and its notification cannot come apart. The key layout is in `keys.rs`.
+//!
+//! Every call is bounded by [`RedisOptions::op_timeout`]: with Redis down, a close fails in
+//! about that time with [`StoreError::Timeout`] or [`StoreError::Unavailable`], and the
+//! caller falls back to the [`Outbox`](crate::session::Outbox). Connections are made lazily
+//! and re-made in the background after a failure.
+
+mod keys;
+mod scripts;
+mod watch;
+mod wire;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, Value};
+use tokio::sync::mpsc;
+
+use self::keys::{partition_of, Keys, PARTITIONS};
+use self::scripts::scripts;
+use self::wire::{
+    event_from_fields, items, mark_from_json, number, pairs, record_from_hash, text, StreamId,
+};
+use super::credential::{generate_secret, CredentialBlock, Fingerprint};
+use super::error::StoreError;
+use super::event::{CredentialMark, EventCursor, EventPage, Notice, Snapshot};
+use super::model::{
+    check_exact, check_payload, check_rule, hex, new_wakeup_id, unix_ms_now, AddWakeup,
+    ClaimedWakeup, CloseOutcome, Closure, OpenSpec, SessionId, SessionRecord, Wakeup,
+};
+use super::store_url::redact;
+use super::{BoxFuture, SessionStore};
+
+/// Where the Redis deployment is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// A `redis://` URL, as the redis crate accepts it.
+    Standalone { url: String },
+    /// Seed node URLs (`redis://host:port`); the rest of the cluster is discovered.
+    Cluster { nodes: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// Prefix of every key and of the channel; deployments sharing a Redis use different ones.
+    pub prefix: String,
+    /// Upper bound of each Redis call (and of a whole `close`).
+    pub op_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Approximate number of events kept per partition stream (16 partitions).
+    pub event_retention: u64,
+    /// How often the live subscriber pings to find a dead connection.
+    pub ping_interval: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            prefix: "hg".to_owned(),
+            op_timeout: Duration::from_millis(1000),
+            connect_timeout: Duration::from_millis(500),
+            event_retention: 10_000,
+            ping_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The Redis-backed [`SessionStore`]. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    keys: Keys,
+    options: RedisOptions,
+    subscribe_nodes: Vec<String>,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Standalone(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Standalone(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Sorts Redis failures into retryable (the store is away) and final ones.
+fn classify(err: RedisError) -> StoreError {
+    use redis::{ErrorKind, ServerErrorKind};
+    let transient_server = matches!(
+        err.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+        ) | ErrorKind::ClusterConnectionNotFound
+    );
+    let transient_code = matches!(err.code(), Some("OOM" | "BUSY" | "NOREPLICAS" | "LOADING"));
+    if err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || transient_server
+        || transient_code
+    {
+        StoreError::Unavailable(err.to_string())
+    } else {
+        StoreError::Failed(err.to_string())
+    }
+}
+
+const CURSOR_PREFIX: &str = "redis:";
+
+impl RedisStore {
+    /// Creates the handle without connecting; must run inside a Tokio runtime.
+    pub fn connect(target: RedisTarget, options: RedisOptions) -> Result<Self, StoreError> {
+        let bad = |url: &str, e: RedisError| StoreError::InvalidUrl {
+            url: redact(url),
+            reason: e.to_string(),
+        };
+        let (conn, subscribe_nodes) = match &target {
+            RedisTarget::Standalone { url } => {
+                let client = redis::Client::open(url.as_str()).map_err(|e| bad(url, e))?;
+                // Few quick reconnect attempts: every call is bounded by op_timeout anyway, and
+                // each failed call triggers a new attempt.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(options.connect_timeout))
+                    .set_response_timeout(Some(options.op_timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(20))
+                    .set_max_delay(Duration::from_millis(200));
+                let manager = ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| bad(url, e))?;
+                (Conn::Standalone(manager), vec![url.clone()])
+            }
+            RedisTarget::Cluster { nodes } => {
+                if nodes.is_empty() {
+                    return Err(StoreError::invalid(
+                        "a cluster target needs at least one node",
+                    ));
+                }
+                let client =
+                    redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                        .connection_timeout(options.connect_timeout)
+                        .response_timeout(options.op_timeout)
+                        .retries(2)
+                        .min_retry_wait(10)
+                        .max_retry_wait(200)
+                        .build()
+                        .map_err(|e| bad(&nodes.join(","), e))?;
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(options.connect_timeout)
+                    .set_response_timeout(options.op_timeout);
+                (
+                    Conn::Cluster(client.get_pending_async_connection_with_config(config)),
+                    nodes.clone(),
+                )
+            }
+        };
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                keys: Keys::new(&options.prefix),
+                options,
+                subscribe_nodes,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.options.op_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(classify(err)),
+            Err(_) => Err(StoreError::Timeout(self.options.op_timeout)),
+        }
+    }
+
+    async fn eval<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let mut conn = self.conn.clone();
+        self.timed(async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+
+    async fn command<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(async move { cmd.query_async(&mut conn).await })
+            .await
+    }
+
+    /// The arguments every writing script starts with: maxlen, channel, partition.
+    fn emit_args(&self, partition: usize) -> Vec<String> {
+        vec![
+            self.options.event_retention.to_string(),
+            self.keys.channel(),
+            partition.to_string(),
+        ]
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let p = partition_of(id.as_str());
+        let reply: Value = self
+            .command(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.session(p, id.as_str()))
+                    .clone(),
+            )
+            .await?;
+        record_from_hash(id, pairs(&reply)?)
+    }
+
+    async fn open(&self, id: &SessionId, spec: OpenSpec) -> Result<SessionRecord, StoreError> {
+        let spec = spec.checked()?;
+        let p = partition_of(id.as_str());
+        let sid = id.as_str();
+        let mut args = self.emit_args(p);
+        args.extend([
+            sid.to_owned(),
+            if spec.scope.is_some() { "1" } else { "0" }.to_owned(),
+            spec.scope.unwrap_or_default(),
+            if spec.resume.is_some() { "1" } else { "0" }.to_owned(),
+            spec.resume.unwrap_or_default(),
+            spec.at_ms.to_string(),
+        ]);
+        let keys = [
+            self.keys.session(p, sid),
+            self.keys.marks(p),
+            self.keys.events(p),
+        ];
+        let reply: Value = self.eval(&scripts().open, &keys, &args).await?;
+        record_from_hash(id, pairs(&reply)?)?
+            .ok_or_else(|| StoreError::corrupt("open returned no session"))
+    }
+
+    async fn close(&self, id: &SessionId, closure: Closure) -> Result<CloseOutcome, StoreError> {
+        let closure = closure.normalized()?;
+        let p = partition_of(id.as_str());
+        let sid = id.as_str();
+        let mut args = self.emit_args(p);
+        args.extend([
+            sid.to_owned(),
+            closure.epoch.map(|e| e.to_string()).unwrap_or_default(),
+            closure.class.as_str().to_owned(),
+            closure.rule.clone(),
+            closure.reason.clone(),
+            closure.detail.clone(),
+            closure
+                .upstream_status
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            closure.at_ms.to_string(),
+        ]);
+        let keys = [
+            self.keys.session(p, sid),
+            self.keys.wakeups(p, sid),
+            self.keys.payloads(p, sid),
+            self.keys.due(p),
+            self.keys.marks(p),
+            self.keys.events(p),
+        ];
+        let reply: Value = self.eval(&scripts().close, &keys, &args).await?;
+        let parts = items(&reply)?;
+        let word = parts.first().map(text).transpose()?.unwrap_or_default();
+        let record = |value: Option<&Value>| -> Result<SessionRecord, StoreError> {
+            let value = value.ok_or_else(|| StoreError::corrupt("close reply without a record"))?;
+            record_from_hash(id, pairs(value)?)?
+                .ok_or_else(|| StoreError::corrupt("close reply with an empty record"))
+        };
+        match word.as_str() {
+            "fenced" => Ok(CloseOutcome::Fenced {
+                current_epoch: number("epoch", &text(&parts[1])?)?,
+            }),
+            "already" => Ok(CloseOutcome::AlreadyClosed {
+                record: record(parts.get(1))?,
+            }),
+            "closed" => Ok(CloseOutcome::Closed {
+                cancelled_wakeups: number("cancelled", &text(&parts[1])?)?,
+                record: record(parts.get(2))?,
+            }),
+            other => Err(StoreError::corrupt(format!(
+                "unexpected close reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn reset_resume(
+        &self,
+        id: &SessionId,
+        epoch: Option<u64>,
+        rule: &str,
+    ) -> Result<bool, StoreError> {
+        check_rule(rule)?;
+        let p = partition_of(id.as_str());
+        let mut args = self.emit_args(p);
+        args.extend([
+            id.as_str().to_owned(),
+            epoch.map(|e| e.to_string()).unwrap_or_default(),
+            rule.to_owned(),
+            unix_ms_now().to_string(),
+        ]);
+        let keys = [self.keys.session(p, id.as_str()), self.keys.events(p)];
+        let changed: i64 = self.eval(&scripts().reset_resume, &keys, &args).await?;
+        Ok(changed == 1)
+    }
+
+    fn wakeup_keys(&self, p: usize, sid: &str) -> [String; 4] {
+        [
+            self.keys.session(p, sid),
+            self.keys.wakeups(p, sid),
+            self.keys.payloads(p, sid),
+            self.keys.due(p),
+        ]
+    }
+
+    async fn add_wakeup(
+        &self,
+        id: &SessionId,
+        due_ms: u64,
+        payload: serde_json::Value,
+    ) -> Result<AddWakeup, StoreError> {
+        check_exact("due_ms", due_ms)?;
+        let payload_text = check_payload(&payload)?;
+        let wakeup_id = new_wakeup_id()?;
+        let p = partition_of(id.as_str());
+        let args = [
+            id.as_str().to_owned(),
+            wakeup_id.clone(),
+            due_ms.to_string(),
+            payload_text,
+        ];
+        let reply: Value = self
+            .eval(
+                &scripts().add_wakeup,
+                &self.wakeup_keys(p, id.as_str()),
+                &args,
+            )
+            .await?;
+        let parts = items(&reply)?;
+        match parts.first().map(text).transpose()?.as_deref() {
+            Some("closed") => Ok(AddWakeup::SessionClosed),
+            Some("added") => Ok(AddWakeup::Added(Wakeup {
+                id: wakeup_id,
+                session: id.clone(),
+                epoch: number("epoch", &text(&parts[1])?)?,
+                due_ms,
+                payload,
+            })),
+            other => Err(StoreError::corrupt(format!(
+                "unexpected add_wakeup reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn pending_wakeups(&self, id: &SessionId) -> Result<Vec<Wakeup>, StoreError> {
+        let p = partition_of(id.as_str());
+        let keys = [
+            self.keys.session(p, id.as_str()),
+            self.keys.wakeups(p, id.as_str()),
+            self.keys.payloads(p, id.as_str()),
+        ];
+        let reply: Value = self.eval(&scripts().pending, &keys, &[]).await?;
+        let parts = items(&reply)?;
+        if parts.len() != 3 {
+            return Err(StoreError::corrupt("unexpected pending reply"));
+        }
+        let epoch = number("epoch", &text(&parts[0])?)?;
+        let payloads: HashMap<String, String> = pairs(&parts[2])?.into_iter().collect();
+        let mut wakeups = Vec::new();
+        for (wakeup_id, score) in pairs(&parts[1])? {
+            let payload = payloads
+                .get(&wakeup_id)
+                .map(String::as_str)
+                .unwrap_or("null");
+            wakeups.push(Wakeup {
+                session: id.clone(),
+                epoch,
+                due_ms: number("due_ms", &score)?,
+                payload: serde_json::from_str(payload)
+                    .map_err(|e| StoreError::corrupt(format!("payload: {e}")))?,
+                id: wakeup_id,
+            });
+        }
+        Ok(wakeups)
+    }
+
+    async fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<ClaimedWakeup>, StoreError> {
+        check_exact("now_ms", now_ms)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The due index is only a hint of which sessions to look at; the per-session script
+        // decides, with the session's status read in the same atomic step.
+        let scans = (0..PARTITIONS).map(|p| {
+            let cmd = redis::cmd("ZRANGEBYSCORE")
+                .arg(self.keys.due(p))
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .clone();
+            async move {
+                let reply: Value = self.command(cmd).await?;
+                let found = pairs(&reply)?
+                    .into_iter()
+                    .map(|(sid, score)| Ok((number("due", &score)?, p, sid)))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok::<_, StoreError>(found)
+            }
+        });
+        let mut sessions: Vec<(u64, usize, String)> =
+            try_join_all(scans).await?.into_iter().flatten().collect();
+        sessions.sort();
+        let mut claimed = Vec::new();
+        for (_, p, sid) in sessions {
+            if claimed.len() >= limit {
+                break;
+            }
+            let id = SessionId::parse(&sid)
+                .map_err(|e| StoreError::corrupt(format!("due index: {e}")))?;
+            let args = [
+                sid.clone(),
+                now_ms.to_string(),
+                (limit - claimed.len()).to_string(),
+            ];
+            let reply: Value = self
+                .eval(&scripts().claim_session, &self.wakeup_keys(p, &sid), &args)
+                .await?;
+            let parts = items(&reply)?;
+            if parts.len() != 2 {
+                return Err(StoreError::corrupt("unexpected claim reply"));
+            }
+            let epoch = number("epoch", &text(&parts[0])?)?;
+            for triple in items(&parts[1])?.chunks(3) {
+                let [wakeup_id, score, payload] = triple else {
+                    return Err(StoreError::corrupt("claim reply with a partial wakeup"));
+                };
+                claimed.push(ClaimedWakeup {
+                    wakeup: Wakeup {
+                        id: text(wakeup_id)?,
+                        session: id.clone(),
+                        epoch,
+                        due_ms: number("due_ms", &text(score)?)?,
+                        payload: serde_json::from_str(&text(payload)?)
+                            .map_err(|e| StoreError::corrupt(format!("payload: {e}")))?,
+                    },
+                    claimed_at_ms: now_ms,
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn block_credential(&self, block: CredentialBlock) -> Result<bool, StoreError> {
+        let block = block.normalized()?;
+        let fp = block.fingerprint.as_str();
+        let p = partition_of(fp);
+        let mut args = self.emit_args(p);
+        args.extend([
+            fp.to_owned(),
+            serde_json::to_string(&block).map_err(|e| StoreError::invalid(e.to_string()))?,
+            block.class.as_str().to_owned(),
+            block.rule.clone(),
+            block.reason.clone(),
+            block.blocked_at_ms.to_string(),
+        ]);
+        let keys = [
+            self.keys.credentials(p),
+            self.keys.generations(p),
+            self.keys.events(p),
+        ];
+        let added: i64 = self.eval(&scripts().block, &keys, &args).await?;
+        Ok(added == 1)
+    }
+
+    async fn unblock_credential(&self, fingerprint: &Fingerprint) -> Result<bool, StoreError> {
+        let fp = fingerprint.as_str();
+        let p = partition_of(fp);
+        let mut args = self.emit_args(p);
+        args.extend([fp.to_owned(), unix_ms_now().to_string()]);
+        let keys = [
+            self.keys.credentials(p),
+            self.keys.generations(p),
+            self.keys.events(p),
+        ];
+        let removed: i64 = self.eval(&scripts().unblock, &keys, &args).await?;
+        Ok(removed == 1)
+    }
+
+    async fn blocked_credentials(&self) -> Result<Vec<CredentialBlock>, StoreError> {
+        let reads = (0..PARTITIONS).map(|p| async move {
+            let reply: Value = self
+                .command(redis::cmd("HGETALL").arg(self.keys.credentials(p)).clone())
+                .await?;
+            pairs(&reply)?
+                .into_iter()
+                .map(|(_, json)| {
+                    serde_json::from_str::<CredentialBlock>(&json)
+                        .map_err(|e| StoreError::corrupt(format!("credential block: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let mut blocks: Vec<CredentialBlock> =
+            try_join_all(reads).await?.into_iter().flatten().collect();
+        blocks.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        Ok(blocks)
+    }
+
+    fn parse_cursor(cursor: Option<&EventCursor>) -> Result<Vec<StreamId>, StoreError> {
+        let Some(cursor) = cursor else {
+            return Ok(vec![StreamId::default(); PARTITIONS]);
+        };
+        let invalid = |reason: &str| StoreError::InvalidCursor {
+            cursor: cursor.as_str().to_owned(),
+            reason: reason.to_owned(),
+        };
+        let body = cursor
+            .as_str()
+            .strip_prefix(CURSOR_PREFIX)
+            .ok_or_else(|| invalid("not a Redis store cursor"))?;
+        let ids = body
+            .split(',')
+            .map(StreamId::parse)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| invalid("malformed stream id"))?;
+        if ids.len() != PARTITIONS {
+            return Err(invalid("wrong number of partitions"));
+        }
+        Ok(ids)
+    }
+
+    fn format_cursor(ids: &[StreamId]) -> EventCursor {
+        let body: Vec<String> = ids.iter().map(StreamId::to_string).collect();
+        EventCursor::from_token(format!("{CURSOR_PREFIX}{}", body.join(",")))
+    }
+
+    async fn events_after(
+        &self,
+        cursor: Option<&EventCursor>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let mut positions = Self::parse_cursor(cursor)?;
+        if limit == 0 {
+            return Ok(EventPage {
+                events: Vec::new(),
+                cursor: Self::format_cursor(&positions),
+                gap: false,
+            });
+        }
+        let reads = positions.iter().enumerate().map(|(p, after)| {
+            let args = [after.to_string(), limit.to_string()];
+            let keys = [self.keys.events(p)];
+            async move {
+                let reply: Value = self.eval(&scripts().read_events, &keys, &args).await?;
+                Ok::<_, StoreError>((p, reply))
+            }
+        });
+        let mut gap = false;
+        let mut entries: Vec<(StreamId, usize, HashMap<String, String>)> = Vec::new();
+        for (p, reply) in try_join_all(reads).await? {
+            let parts = items(&reply)?;
+            if parts.len() != 3 {
+                return Err(StoreError::corrupt("unexpected read_events reply"));
+            }
+            // Entries before the first retained one were trimmed. A reader positioned before
+            // it may have missed some (or, if it stood exactly on the last trimmed entry,
+            // nothing; the resync that follows is then merely unneeded).
+            let first = StreamId::parse(&text(&parts[0])?).unwrap_or_default();
+            let trimmed = number("trimmed", &text(&parts[1])?)?;
+            gap |= trimmed > 0 && positions[p] < first;
+            for entry in items(&parts[2])? {
+                let entry = items(entry)?;
+                let [id, fields] = entry else {
+                    return Err(StoreError::corrupt("malformed stream entry"));
+                };
+                let id_text = text(id)?;
+                let id = StreamId::parse(&id_text)
+                    .ok_or_else(|| StoreError::corrupt("malformed stream id"))?;
+                entries.push((id, p, pairs(fields)?.into_iter().collect()));
+            }
+        }
+        // Each partition contributed a prefix of its stream; taking the smallest `limit` of
+        // the union and advancing each partition past what was taken skips nothing.
+        entries.sort_by_key(|entry| (entry.0, entry.1));
+        entries.truncate(limit);
+        let mut events = Vec::with_capacity(entries.len());
+        for (id, p, fields) in entries {
+            positions[p] = id;
+            events.push(event_from_fields(format!("{p}/{id}"), fields)?);
+        }
+        Ok(EventPage {
+            events,
+            cursor: Self::format_cursor(&positions),
+            gap,
+        })
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let reads = (0..PARTITIONS).map(|p| {
+            let keys = [
+                self.keys.marks(p),
+                self.keys.credentials(p),
+                self.keys.generations(p),
+                self.keys.events(p),
+            ];
+            async move {
+                let reply: Value = self.eval(&scripts().snapshot, &keys, &[]).await?;
+                Ok::<_, StoreError>(reply)
+            }
+        });
+        let mut positions = Vec::with_capacity(PARTITIONS);
+        let mut sessions = Vec::new();
+        let mut credentials = Vec::new();
+        for reply in try_join_all(reads).await? {
+            let parts = items(&reply)?;
+            if parts.len() != 4 {
+                return Err(StoreError::corrupt("unexpected snapshot reply"));
+            }
+            positions.push(StreamId::parse(&text(&parts[0])?).unwrap_or_default());
+            for (sid, json) in pairs(&parts[1])? {
+                sessions.push(mark_from_json(&sid, &json)?);
+            }
+            let blocks: HashMap<String, String> = pairs(&parts[2])?.into_iter().collect();
+            for (fp, generation) in pairs(&parts[3])? {
+                let block = blocks
+                    .get(&fp)
+                    .map(|json| serde_json::from_str::<CredentialBlock>(json))
+                    .transpose()
+                    .map_err(|e| StoreError::corrupt(format!("credential block: {e}")))?;
+                credentials.push(CredentialMark {
+                    fingerprint: Fingerprint::parse(&fp)
+                        .map_err(|e| StoreError::corrupt(e.to_string()))?,
+                    generation: number("generation", &generation)?,
+                    block,
+                });
+            }
+        }
+        Ok(Snapshot {
+            cursor: Self::format_cursor(&positions),
+            sessions,
+            credentials,
+        })
+    }
+
+    async fn deployment_secret(&self) -> Result<Vec<u8>, StoreError> {
+        let key = self.keys.secret();
+        let candidate = hex(&generate_secret()?);
+        // SET NX makes the first writer's secret the one every instance reads back.
+        let _: Value = self
+            .command(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&candidate)
+                    .arg("NX")
+                    .clone(),
+            )
+            .await?;
+        let stored: Value = self.command(redis::cmd("GET").arg(&key).clone()).await?;
+        let stored = text(&stored)?;
+        decode_hex(&stored)
+            .ok_or_else(|| StoreError::corrupt(format!("{key} does not hold a hex secret")))
+    }
+}
+
+fn decode_hex(raw: &str) -> Option<Vec<u8>> {
+    if raw.len() % 2 != 0 || raw.is_empty() {
+        return None;
+    }
+    (0..raw.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(raw.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl SessionStore for RedisStore {
+    fn get(&self, id: &SessionId) -> BoxFuture<'_, Result<Option<SessionRecord>, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move { self.inner.get(&id).await })
+    }
+
+    fn open(
+        &self,
+        id: &SessionId,
+        spec: OpenSpec,
+    ) -> BoxFuture<'_, Result<SessionRecord, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move { self.inner.open(&id, spec).await })
+    }
+
+    fn close(
+        &self,
+        id: &SessionId,
+        closure: Closure,
+    ) -> BoxFuture<'_, Result<CloseOutcome, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move { self.inner.close(&id, closure).await })
+    }
+
+    fn reset_resume(
+        &self,
+        id: &SessionId,
+        epoch: Option<u64>,
+        rule: &str,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let id = id.clone();
+        let rule = rule.to_owned();
+        Box::pin(async move { self.inner.reset_resume(&id, epoch, &rule).await })
+    }
+
+    fn add_wakeup(
+        &self,
+        id: &SessionId,
+        due_ms: u64,
+        payload: serde_json::Value,
+    ) -> BoxFuture<'_, Result<AddWakeup, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move { self.inner.add_wakeup(&id, due_ms, payload).await })
+    }
+
+    fn pending_wakeups(&self, id: &SessionId) -> BoxFuture<'_, Result<Vec<Wakeup>, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move { self.inner.pending_wakeups(&id).await })
+    }
+
+    fn claim_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedWakeup>, StoreError>> {
+        Box::pin(self.inner.claim_due(now_ms, limit))
+    }
+
+    fn block_credential(&self, block: CredentialBlock) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.inner.block_credential(block))
+    }
+
+    fn unblock_credential(
+        &self,
+        fingerprint: &Fingerprint,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let fingerprint = fingerprint.clone();
+        Box::pin(async move { self.inner.unblock_credential(&fingerprint).await })
+    }
+
+    fn blocked_credentials(&self) -> BoxFuture<'_, Result<Vec<CredentialBlock>, StoreError>> {
+        Box::pin(self.inner.blocked_credentials())
+    }
+
+    fn events_after(
+        &self,
+        cursor: Option<&EventCursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<EventPage, StoreError>> {
+        let cursor = cursor.cloned();
+        Box::pin(async move { self.inner.events_after(cursor.as_ref(), limit).await })
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
+        Box::pin(self.inner.snapshot())
+    }
+
+    fn watch(&self) -> mpsc::Receiver<Notice> {
+        watch::spawn(watch::WatchConfig {
+            nodes: self.inner.subscribe_nodes.clone(),
+            channel: self.inner.keys.channel(),
+            connect_timeout: self.inner.options.connect_timeout,
+            ping_interval: self.inner.options.ping_interval,
+            ping_timeout: self.inner.options.op_timeout,
+        })
+    }
+
+    fn deployment_secret(&self) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
+        Box::pin(self.inner.deployment_secret())
+    }
+}

@@ -1,0 +1,129 @@
+//! The live feed: a pub/sub subscriber that turns published events into [`Notice`]s.
+//!
+//! Pub/sub is at-most-once, so every (re)subscription starts with [`Notice::Resync`]: the
+//! reader catches up from the durable streams and nothing published while the link was down
+//! is lost for good. On a cluster, scripts publish with plain PUBLISH, which Redis forwards
+//! to every node, so subscribing to any one node sees every partition; the subscriber moves
+//! to the next seed node when one fails.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::wire::event_from_fields;
+use crate::session::event::Notice;
+
+pub(crate) struct WatchConfig {
+    pub nodes: Vec<String>,
+    pub channel: String,
+    pub connect_timeout: Duration,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+struct Published {
+    p: String,
+    id: String,
+    f: HashMap<String, String>,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+pub(crate) fn spawn(config: WatchConfig) -> mpsc::Receiver<Notice> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(run(config, tx));
+    rx
+}
+
+async fn run(config: WatchConfig, tx: mpsc::Sender<Notice>) {
+    let mut node = 0usize;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let url = &config.nodes[node % config.nodes.len()];
+        let subscribed = tokio::time::timeout(config.connect_timeout, async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&config.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        let pubsub = match subscribed {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(err)) => {
+                tracing::debug!(node, error = %err, "Event subscriber could not connect.");
+                node += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tx.closed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(node, "Event subscriber timed out connecting.");
+                node += 1;
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        if tx.send(Notice::Resync).await.is_err() {
+            return;
+        }
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ping = tokio::time::interval(config.ping_interval);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                message = stream.next() => {
+                    let Some(message) = message else {
+                        tracing::info!(node, "Event subscriber lost its connection; resubscribing.");
+                        break;
+                    };
+                    let notice = match decode(message.get_payload_bytes()) {
+                        Some(notice) => notice,
+                        // An undecodable message means something was missed; the log has it.
+                        None => Notice::Resync,
+                    };
+                    if tx.send(notice).await.is_err() {
+                        return;
+                    }
+                }
+                _ = ping.tick() => {
+                    // A half-open connection delivers nothing and reports nothing; a ping
+                    // without an answer is how it shows.
+                    let answered = tokio::time::timeout(config.ping_timeout, sink.ping::<redis::Value>()).await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        tracing::info!(node, "Event subscriber ping failed; resubscribing.");
+                        break;
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        }
+        node += 1;
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<Notice> {
+    let published: Published = match serde_json::from_slice(payload) {
+        Ok(published) => published,
+        Err(err) => {
+            tracing::warn!(error = %err, "Ignored an undecodable event notification.");
+            return None;
+        }
+    };
+    match event_from_fields(format!("{}/{}", published.p, published.id), published.f) {
+        Ok(event) => Some(Notice::Event(event)),
+        Err(err) => {
+            tracing::warn!(error = %err, "Ignored an undecodable event notification.");
+            None
+        }
+    }
+}
