@@ -29,6 +29,7 @@ pub mod ingress;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod session_gate;
 pub mod shutdown;
 pub mod synthetic;
 pub mod upstream;

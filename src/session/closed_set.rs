@@ -184,6 +184,12 @@ impl ClosedSet {
             .sum()
     }
 
+    /// Whether any credential has ever been blocked here; when not, callers can skip
+    /// fingerprinting the request's credential altogether.
+    pub fn tracks_credentials(&self) -> bool {
+        !self.credentials.load().is_empty()
+    }
+
     pub fn is_blocked(&self, fingerprint: &Fingerprint) -> bool {
         self.blocked(fingerprint).is_some()
     }
