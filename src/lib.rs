@@ -16,17 +16,23 @@
 //! - [`app`]: assembles listeners, stack and shutdown from a [`config::Config`].
 //! - [`config`]: the file format, flag overrides and validation.
 //! - [`control`]: health, readiness and the control API.
+//! - [`halt`]: the inspection middleware and the halt response.
+//! - [`rules`]: the pure rule engine; [`classify`] runs it over recorded exchanges.
+//! - [`session`]: session stores (redb, Redis), the local closed set, the outbox;
+//!   [`session_gate`] puts them in the request path.
 //! - [`body`], [`shutdown`]: the body type and the shutdown signal every layer shares.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod body;
+pub mod classify;
 pub mod config;
 pub mod control;
 pub mod forward;
 pub mod halt;
 pub mod ingress;
 pub mod route;
+pub mod rules;
 pub mod server;
 pub mod session;
 pub mod session_gate;

@@ -62,6 +62,9 @@ struct ClassifyArgs {
     /// Configuration file whose routes map URL hosts to providers.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// HOST=PROVIDER for lines that name no provider (repeatable; adds to the routes' hosts).
+    #[arg(long = "host", value_name = "HOST=PROVIDER", value_parser = parse_host)]
+    hosts: Vec<(String, String)>,
     /// Input file of JSON lines, or - for standard input.
     #[arg(default_value = "-")]
     input: String,
@@ -161,6 +164,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn parse_host(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(host, provider)| (host.to_ascii_lowercase(), provider.to_owned()))
+        .ok_or_else(|| format!("expected HOST=PROVIDER, got `{text}`"))
+}
+
 fn exit_code(ok: bool) -> ExitCode {
     if ok {
         ExitCode::SUCCESS
@@ -189,7 +198,8 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         None => ConfigSpec::default(),
     };
     let config = Config::resolve(spec, Overrides::default(), "classify")?;
-    let hosts = config.routes.host_providers();
+    let mut hosts = args.hosts;
+    hosts.extend(config.routes.host_providers());
     let mut out = std::io::stdout().lock();
     let ok = if args.input == "-" {
         let mut input = std::io::stdin().lock();
