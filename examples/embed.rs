@@ -32,7 +32,10 @@ impl SessionHooks for PrintAndHalt {
     }
 
     fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome> {
-        println!("hook: {} by {:?}", matched.decision.class, matched.decision.rule);
+        println!(
+            "hook: {} by {:?}",
+            matched.decision.class, matched.decision.rule
+        );
         let halt = HaltResponse::rule_matched(
             &matched.decision.class.to_string(),
             matched.decision.rule.as_deref().unwrap_or("-"),
@@ -68,7 +71,10 @@ async fn main() -> Result<(), BoxError> {
 
     for (path, body) in [
         ("/api/auth.test", ""),
-        ("/api/chat.postMessage", r#"{"channel":"C0123ABCD","text":"hello"}"#),
+        (
+            "/api/chat.postMessage",
+            r#"{"channel":"C0123ABCD","text":"hello"}"#,
+        ),
     ] {
         let request = Request::post(path)
             .header("x-haltgate-session", "demo-session")

@@ -7,14 +7,18 @@ use arc_swap::ArcSwap;
 use tower_layer::Layer;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::Config;
 use crate::control::{Control, Readiness};
 use crate::forward::Forward;
-use crate::halt::{HaltLayer, HaltStats, LogOnly, SessionHooks};
-use crate::rules::{RuleErrors, RuleSet};
+use crate::halt::{HaltLayer, HaltStats, SessionHooks};
 use crate::ingress::Ingress;
+use crate::rules::{RuleErrors, RuleSet};
+use crate::session::{
+    open_store, ClosedSet, FeedConfig, Outbox, RelayConfig, StoreError, StoreLocator,
+};
+use crate::session_gate::SessionGate;
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::upstream::{build_client, UpstreamSetupError};
 
@@ -27,6 +31,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    #[error("session store: {0}")]
+    Store(StoreError),
     #[error("rules in {dir} do not compile:\n{errors}")]
     Rules { dir: String, errors: RuleErrors },
 }
@@ -38,22 +44,17 @@ pub struct App {
     readiness: Readiness,
     rules: Arc<ArcSwap<RuleSet>>,
     stats: Arc<HaltStats>,
+    gate: Arc<SessionGate>,
     trigger: ShutdownTrigger,
     servers: JoinSet<()>,
+    /// Closed-set feed, outbox relay, secret loading: stopped with the app, so the store
+    /// (and a redb file lock) is released when `wait` returns.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl App {
-    /// Binds both listeners and starts serving, with no session state attached: matches are
-    /// logged and responses go through.
+    /// Opens the session store, binds both listeners and starts serving.
     pub async fn start(config: Config) -> Result<App, StartError> {
-        Self::start_with_hooks(config, Arc::new(LogOnly)).await
-    }
-
-    /// Binds both listeners and starts serving; `hooks` act on rule matches.
-    pub async fn start_with_hooks(
-        config: Config,
-        hooks: Arc<dyn SessionHooks>,
-    ) -> Result<App, StartError> {
         let rules = RuleSet::load_dir(&config.rules_dir)
             .map_err(|errors| StartError::Rules {
                 dir: config.rules_dir.display().to_string(),
@@ -66,6 +67,28 @@ impl App {
             "Rules loaded."
         );
         let rules = Arc::new(ArcSwap::from_pointee(rules));
+
+        let store = open_store(&config.store).await.map_err(StartError::Store)?;
+        let closed = Arc::new(ClosedSet::new());
+        let mut tasks = vec![closed.spawn_feed(store.clone(), FeedConfig::default())];
+        let shared_store = matches!(
+            StoreLocator::parse(&config.store),
+            Ok(StoreLocator::Redis { .. })
+        );
+        let outbox = if shared_store {
+            let path = config.outbox.clone();
+            let outbox = tokio::task::spawn_blocking(move || Outbox::open(&path))
+                .await
+                .map_err(|e| StartError::Store(StoreError::Failed(e.to_string())))?
+                .map_err(StartError::Store)?;
+            tasks.push(outbox.spawn_relay(store.clone(), RelayConfig::default()));
+            Some(outbox)
+        } else {
+            None
+        };
+        let gate = Arc::new(SessionGate::new(store, closed, outbox));
+        tasks.push(tokio::spawn(gate.clone().load_key(None)));
+        let hooks: Arc<dyn SessionHooks> = Arc::new(gate.clone());
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -83,7 +106,7 @@ impl App {
         })?;
 
         let (trigger, signal) = shutdown::channel();
-        let readiness = Readiness::default();
+        let readiness = Readiness::new(Some(gate.clone()));
         let client = build_client(&config.upstream)?;
         let forward = Forward::new(
             client,
@@ -115,7 +138,7 @@ impl App {
         ));
         servers.spawn(crate::server::serve(
             control,
-            Control::new(readiness.clone()),
+            Control::new(readiness.clone(), Some(gate.clone()), stats.clone()),
             signal,
             config.shutdown_grace,
         ));
@@ -130,8 +153,10 @@ impl App {
             readiness,
             rules,
             stats,
+            gate,
             trigger,
             servers,
+            tasks,
         })
     }
 
@@ -158,8 +183,33 @@ impl App {
         self.trigger.trigger();
     }
 
-    /// Completes once both listeners have drained.
+    /// The session state this proxy acts through (store, closed set, outbox).
+    pub fn gate(&self) -> &Arc<SessionGate> {
+        &self.gate
+    }
+
+    /// Whether `/readyz` would answer 200.
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
+    }
+
+    /// Completes once both listeners have drained; then stops the background tasks.
     pub async fn wait(mut self) {
         while self.servers.join_next().await.is_some() {}
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.trigger.trigger();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }

@@ -15,6 +15,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_RULES_DIR: &str = "./rules";
 pub const DEFAULT_STORE: &str = "redb:haltgate.redb";
+pub const DEFAULT_OUTBOX: &str = "haltgate-outbox.redb";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// `haltgate.toml` as written. Every table rejects unknown fields.
@@ -25,6 +26,8 @@ pub struct ConfigSpec {
     pub control_listen: Option<String>,
     pub rules: Option<PathBuf>,
     pub store: Option<String>,
+    /// Local durable outbox for closures a Redis store could not take yet.
+    pub outbox: Option<PathBuf>,
     /// How long in-flight requests may run after SIGTERM/SIGINT, e.g. `"10s"`.
     pub shutdown_grace: Option<String>,
     #[serde(default)]
@@ -69,6 +72,7 @@ pub struct Overrides {
     pub control_listen: Option<String>,
     pub rules: Option<PathBuf>,
     pub store: Option<String>,
+    pub outbox: Option<PathBuf>,
     /// `NAME=URL` pairs. A name also in the file keeps the file's provider.
     pub routes: Vec<String>,
     pub upstream_ca: Option<PathBuf>,
@@ -85,6 +89,7 @@ pub struct Config {
     pub control_listen: SocketAddr,
     pub rules_dir: PathBuf,
     pub store: String,
+    pub outbox: PathBuf,
     pub shutdown_grace: Duration,
     pub upstream: UpstreamSettings,
     pub max_body_bytes: usize,
@@ -230,6 +235,10 @@ impl Config {
                 .or(spec.rules)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_RULES_DIR)),
             store,
+            outbox: flags
+                .outbox
+                .or(spec.outbox)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTBOX)),
             shutdown_grace,
             upstream: UpstreamSettings {
                 connect_timeout,

@@ -1,4 +1,18 @@
-//! The control listener: health, readiness and (with the state layer) the session API.
+//! The control listener: health, readiness, and the session-state API (JSON in and out).
+//!
+//! | method and path | does |
+//! | --- | --- |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 once the proxy serves and the closed set is bootstrapped, else 503 |
+//! | `GET /v1/stats` | counters of the halt layer and the closed set |
+//! | `PUT /v1/sessions/{id}` | create open, or reopen a closed one at epoch + 1 |
+//! | `GET /v1/sessions/{id}` | the record; 404 if unknown |
+//! | `POST /v1/sessions/{id}/close` | manual close, same atomic path as a rule match |
+//! | `POST /v1/sessions/{id}/wakeups` | schedule a wakeup; 409 if the session is closed |
+//! | `GET /v1/sessions/{id}/wakeups` | pending wakeups |
+//! | `POST /v1/wakeups/claim` | hand out due wakeups, each once, never of a closed session |
+//! | `GET /v1/credentials` | blocked credentials |
+//! | `DELETE /v1/credentials/{fingerprint}` | unblock |
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,24 +23,43 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use serde_json::json;
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use serde_json::{json, Value};
 use tower_service::Service;
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, BoxError, ProxyBody};
+use crate::halt::HaltStats;
+use crate::session::{
+    close_or_enqueue, AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure,
+    CredentialBlock, Fingerprint, OpenSpec, SessionId, SessionRecord, StoreError,
+};
+use crate::session_gate::SessionGate;
 
-/// Whether this instance should receive traffic; shared by everything that gates readiness.
-#[derive(Debug, Clone, Default)]
+/// Largest JSON body the control API reads.
+const MAX_CONTROL_BODY: usize = 1024 * 1024;
+
+/// Whether this instance should receive traffic.
+#[derive(Clone, Default)]
 pub struct Readiness {
     serving: Arc<AtomicBool>,
+    gate: Option<Arc<SessionGate>>,
 }
 
 impl Readiness {
+    pub fn new(gate: Option<Arc<SessionGate>>) -> Self {
+        Self {
+            serving: Arc::default(),
+            gate,
+        }
+    }
+
     pub fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.serving.load(Ordering::Acquire)
+        self.serving.load(Ordering::Acquire) && self.gate.as_ref().is_none_or(|g| g.is_ready())
     }
 }
 
@@ -34,17 +67,28 @@ impl Readiness {
 #[derive(Clone)]
 pub struct Control {
     readiness: Readiness,
+    gate: Option<Arc<SessionGate>>,
+    stats: Arc<HaltStats>,
 }
 
 impl Control {
-    pub fn new(readiness: Readiness) -> Self {
-        Self { readiness }
+    pub fn new(
+        readiness: Readiness,
+        gate: Option<Arc<SessionGate>>,
+        stats: Arc<HaltStats>,
+    ) -> Self {
+        Self {
+            readiness,
+            gate,
+            stats,
+        }
     }
 }
 
 impl<B> Service<Request<B>> for Control
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
@@ -55,28 +99,368 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let response = match (request.method(), request.uri().path()) {
-            (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
-            (&Method::GET, "/readyz") => {
-                if self.readiness.is_ready() {
-                    json_response(StatusCode::OK, json!({"status": "ready"}))
-                } else {
-                    json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"status": "starting"}),
-                    )
-                }
-            }
-            (_, path) => json_response(
-                StatusCode::NOT_FOUND,
-                json!({"error": format!("no control endpoint {path}")}),
-            ),
-        };
-        Box::pin(async move { Ok(response) })
+        let this = self.clone();
+        Box::pin(async move {
+            let response = match this.route(request).await {
+                Ok(response) => response,
+                Err(problem) => problem.into_response(),
+            };
+            Ok(response)
+        })
     }
 }
 
-pub fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+/// An error answer of the control API.
+#[derive(Debug)]
+struct Problem {
+    status: StatusCode,
+    message: String,
+}
+
+impl Problem {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn into_response(self) -> Response<ProxyBody> {
+        json_response(self.status, json!({ "error": self.message }))
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(error: StoreError) -> Self {
+        let status = match &error {
+            StoreError::InvalidInput(_) | StoreError::InvalidCursor { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            StoreError::Unavailable(_) | StoreError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, error.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenBody {
+    scope: Option<Value>,
+    resume: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloseBody {
+    reason: String,
+    epoch: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WakeupBody {
+    due_ms: u64,
+    payload: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimBody {
+    limit: usize,
+}
+
+impl Control {
+    async fn route<B>(&self, request: Request<B>) -> Result<Response<ProxyBody>, Problem>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => {
+                Ok(json_response(StatusCode::OK, json!({"status": "ok"})))
+            }
+            (&Method::GET, ["readyz"]) => Ok(if self.readiness.is_ready() {
+                json_response(StatusCode::OK, json!({"status": "ready"}))
+            } else {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"status": "starting"}),
+                )
+            }),
+            (&Method::GET, ["v1", "stats"]) => {
+                let mut stats = self.stats.to_json();
+                if let Some(gate) = &self.gate {
+                    stats["closed_sessions"] = json!(gate.closed().closed_count());
+                    if let Some(outbox) = gate.outbox() {
+                        stats["outbox_pending"] = json!(outbox.len().await.ok());
+                    }
+                }
+                Ok(json_response(StatusCode::OK, stats))
+            }
+            (_, ["v1", ..]) => {
+                let gate = self.gate.as_ref().ok_or_else(|| {
+                    Problem::new(StatusCode::NOT_FOUND, "no session store is configured")
+                })?;
+                sessions_api(gate, &method, &segments[1..], request.into_body()).await
+            }
+            _ => Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("no control endpoint {method} {path}"),
+            )),
+        }
+    }
+}
+
+async fn sessions_api<B>(
+    gate: &Arc<SessionGate>,
+    method: &Method,
+    path: &[&str],
+    body: B,
+) -> Result<Response<ProxyBody>, Problem>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let store = gate.store();
+    match (method, path) {
+        (&Method::PUT, ["sessions", id]) => {
+            let id = session_id(id)?;
+            let body: OpenBody = read_json(body, true).await?;
+            let mut spec = OpenSpec::new();
+            if let Some(scope) = body.scope {
+                if !scope.is_object() {
+                    return Err(Problem::bad_request("scope must be a JSON object"));
+                }
+                spec = spec.with_scope(scope);
+            }
+            if let Some(resume) = body.resume {
+                spec = spec.with_resume(resume);
+            }
+            let record = store.open(&id, spec).await?;
+            gate.closed().record(&record);
+            Ok(json_response(StatusCode::OK, record_json(&record)))
+        }
+        (&Method::GET, ["sessions", id]) => {
+            let id = session_id(id)?;
+            match store.get(&id).await? {
+                Some(record) => Ok(json_response(StatusCode::OK, record_json(&record))),
+                None => Err(Problem::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no session {id}"),
+                )),
+            }
+        }
+        (&Method::POST, ["sessions", id, "close"]) => {
+            let id = session_id(id)?;
+            let body: CloseBody = read_json(body, false).await?;
+            if body.reason.trim().is_empty() {
+                return Err(Problem::bad_request("reason must not be empty"));
+            }
+            let mut closure = Closure::new(CloseClass::Manual, "manual", body.reason);
+            if let Some(epoch) = body.epoch {
+                closure = closure.at_epoch(epoch);
+            }
+            let disposition = match gate.outbox() {
+                Some(outbox) => close_or_enqueue(&**store, outbox, &id, closure.clone()).await?,
+                None => CloseDisposition::Stored(store.close(&id, closure.clone()).await?),
+            };
+            match disposition {
+                CloseDisposition::Stored(outcome) => {
+                    gate.closed().record_outcome(&id, &outcome);
+                    Ok(close_response(&outcome))
+                }
+                CloseDisposition::Queued { entry, cause } => {
+                    let epoch = gate.closed().epoch_for(&id, body.epoch);
+                    gate.closed().insert_closure(&id, epoch, &closure);
+                    Ok(json_response(
+                        StatusCode::ACCEPTED,
+                        json!({"outcome": "queued", "outbox_entry": entry, "cause": cause.to_string()}),
+                    ))
+                }
+            }
+        }
+        (&Method::POST, ["sessions", id, "wakeups"]) => {
+            let id = session_id(id)?;
+            let body: WakeupBody = read_json(body, false).await?;
+            match store.add_wakeup(&id, body.due_ms, body.payload).await? {
+                AddWakeup::Added(wakeup) => Ok(json_response(
+                    StatusCode::CREATED,
+                    json!({"id": wakeup.id, "epoch": wakeup.epoch, "due_ms": wakeup.due_ms}),
+                )),
+                AddWakeup::SessionClosed => Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    format!("session {id} is closed; no wakeup was scheduled"),
+                )),
+            }
+        }
+        (&Method::GET, ["sessions", id, "wakeups"]) => {
+            let id = session_id(id)?;
+            let wakeups: Vec<Value> = store
+                .pending_wakeups(&id)
+                .await?
+                .into_iter()
+                .map(|w| json!({"id": w.id, "epoch": w.epoch, "due_ms": w.due_ms, "payload": w.payload}))
+                .collect();
+            Ok(json_response(StatusCode::OK, json!({ "wakeups": wakeups })))
+        }
+        (&Method::POST, ["wakeups", "claim"]) => {
+            let body: ClaimBody = read_json(body, false).await?;
+            if body.limit == 0 || body.limit > 10_000 {
+                return Err(Problem::bad_request("limit must be between 1 and 10000"));
+            }
+            let claimed: Vec<Value> = store
+                .claim_due(crate::session::unix_ms_now(), body.limit)
+                .await?
+                .into_iter()
+                .map(|c| {
+                    let w = c.wakeup;
+                    json!({"id": w.id, "session": w.session.as_str(), "epoch": w.epoch, "due_ms": w.due_ms, "payload": w.payload})
+                })
+                .collect();
+            Ok(json_response(StatusCode::OK, json!({ "wakeups": claimed })))
+        }
+        (&Method::GET, ["credentials"]) => {
+            let blocks: Vec<Value> = store
+                .blocked_credentials()
+                .await?
+                .iter()
+                .map(credential_json)
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                json!({ "credentials": blocks }),
+            ))
+        }
+        (&Method::DELETE, ["credentials", fingerprint]) => {
+            let fingerprint = Fingerprint::parse(fingerprint).map_err(|_| {
+                Problem::bad_request(format!("{fingerprint:?} is not a credential fingerprint"))
+            })?;
+            if store.unblock_credential(&fingerprint).await? {
+                Ok(json_response(
+                    StatusCode::OK,
+                    json!({"fingerprint": fingerprint.as_str(), "unblocked": true}),
+                ))
+            } else {
+                Err(Problem::new(
+                    StatusCode::NOT_FOUND,
+                    format!("credential {} is not blocked", fingerprint.as_str()),
+                ))
+            }
+        }
+        _ => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no control endpoint {method} /v1/{}", path.join("/")),
+        )),
+    }
+}
+
+fn session_id(raw: &str) -> Result<SessionId, Problem> {
+    let decoded = percent_decode(raw)?;
+    SessionId::parse(&decoded).map_err(|e| Problem::bad_request(format!("bad session id: {e}")))
+}
+
+/// Session ids are visible ASCII, so `%XX` escapes are the only decoding a path needs.
+fn percent_decode(raw: &str) -> Result<String, Problem> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Problem::bad_request("bad percent-escape in the path"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Problem::bad_request("session id is not UTF-8"))
+}
+
+async fn read_json<T, B>(body: B, empty_is_object: bool) -> Result<T, Problem>
+where
+    T: serde::de::DeserializeOwned,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let bytes = Limited::new(body, MAX_CONTROL_BODY)
+        .collect()
+        .await
+        .map_err(|e| Problem::bad_request(format!("cannot read the body: {e}")))?
+        .to_bytes();
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) && empty_is_object {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(text)
+        .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn close_response(outcome: &CloseOutcome) -> Response<ProxyBody> {
+    match outcome {
+        CloseOutcome::Closed {
+            record,
+            cancelled_wakeups,
+        } => json_response(
+            StatusCode::OK,
+            json!({"outcome": "closed", "cancelled_wakeups": cancelled_wakeups, "session": record_json(record)}),
+        ),
+        CloseOutcome::AlreadyClosed { record } => json_response(
+            StatusCode::OK,
+            json!({"outcome": "already_closed", "session": record_json(record)}),
+        ),
+        CloseOutcome::Fenced { current_epoch } => json_response(
+            StatusCode::CONFLICT,
+            json!({"outcome": "fenced", "current_epoch": current_epoch,
+                   "error": "the closure names an older epoch than the session's"}),
+        ),
+    }
+}
+
+/// A session record as the API shows it: closure fields at the top level.
+pub fn record_json(record: &SessionRecord) -> Value {
+    let mut value = json!({
+        "id": record.id.as_str(),
+        "epoch": record.epoch,
+        "status": record.status.as_str(),
+        "scope": record.scope,
+        "resume": record.resume,
+        "opened_at_ms": record.opened_at_ms,
+    });
+    if let Some(closure) = &record.closure {
+        value["class"] = json!(closure.class.as_str());
+        value["rule"] = json!(closure.rule);
+        value["reason"] = json!(closure.reason);
+        value["detail"] = json!(closure.detail);
+        value["upstream_status"] = json!(closure.upstream_status);
+        value["closed_at"] = json!(closure.closed_at_ms);
+    }
+    value
+}
+
+fn credential_json(block: &CredentialBlock) -> Value {
+    json!({
+        "fingerprint": block.fingerprint.as_str(),
+        "class": block.class.as_str(),
+        "rule": block.rule,
+        "reason": block.reason,
+        "blocked_at": block.blocked_at_ms,
+    })
+}
+
+pub fn json_response(status: StatusCode, value: Value) -> Response<ProxyBody> {
     let mut response = Response::new(body::full(value.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(

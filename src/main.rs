@@ -87,6 +87,9 @@ struct ServeArgs {
     /// Session store: redb:PATH or redis://HOST:PORT/DB [default: redb:haltgate.redb].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// Outbox file for closures a Redis store could not take yet [default: haltgate-outbox.redb].
+    #[arg(long, value_name = "FILE")]
+    outbox: Option<PathBuf>,
     /// NAME=URL: send /NAME/REST to URL/REST. Repeatable.
     #[arg(long = "route", value_name = "NAME=URL")]
     routes: Vec<String>,
@@ -144,6 +147,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         control_listen: args.control_listen,
         rules: args.rules,
         store: args.store,
+        outbox: args.outbox,
         routes: args.routes,
         upstream_ca: args.upstream_ca,
         connect_timeout: args.connect_timeout,

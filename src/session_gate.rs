@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::halt::{BoxFuture, HaltResponse, Matched, Outcome, RequestInfo, SessionHeader, SessionHooks};
+use crate::halt::{
+    BoxFuture, HaltResponse, Matched, Outcome, RequestInfo, SessionHeader, SessionHooks,
+};
 use crate::rules::Class;
 use crate::session::{
-    close_or_enqueue, CloseClass, CloseDisposition, Closure, ClosedSet, CredentialBlock,
+    close_or_enqueue, CloseClass, CloseDisposition, ClosedSet, Closure, CredentialBlock,
     CredentialKey, Fingerprint, Outbox, SessionId, SessionStore,
 };
 
@@ -29,7 +31,11 @@ pub struct SessionGate {
 }
 
 impl SessionGate {
-    pub fn new(store: Arc<dyn SessionStore>, closed: Arc<ClosedSet>, outbox: Option<Outbox>) -> Self {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        closed: Arc<ClosedSet>,
+        outbox: Option<Outbox>,
+    ) -> Self {
         Self {
             store,
             closed,
@@ -224,7 +230,9 @@ impl SessionGate {
                         );
                         self.block(block).await;
                     }
-                    None => tracing::warn!("Credential not blocked: the deployment secret is not loaded yet."),
+                    None => tracing::warn!(
+                        "Credential not blocked: the deployment secret is not loaded yet."
+                    ),
                 }
             }
         }

@@ -413,6 +413,7 @@ async fn shutdown_ends_open_event_streams_without_waiting_for_the_deadline() {
 async fn health_and_readiness_answer_on_the_control_listener() {
     let upstream = start_upstream(echo_handler()).await;
     let app = start_proxy(proxy_flags(&[("echo", upstream.http_url())])).await;
+    wait_ready(&app).await;
     for path in ["/healthz", "/readyz"] {
         let response = client()
             .request(get(&format!("http://{}{path}", app.control_addr())))

@@ -78,7 +78,11 @@ pub struct Replay {
 }
 
 impl Replay {
-    pub fn new(frames: VecDeque<Frame<Bytes>>, rest: Option<ProxyBody>, error: Option<BoxError>) -> Self {
+    pub fn new(
+        frames: VecDeque<Frame<Bytes>>,
+        rest: Option<ProxyBody>,
+        error: Option<BoxError>,
+    ) -> Self {
         Self {
             frames,
             rest,
@@ -217,7 +221,9 @@ mod tests {
         let mut splitter = EventSplitter::new(1024);
         let mut out = Vec::new();
         for chunk in chunks {
-            splitter.feed(chunk, |data| out.push(String::from_utf8_lossy(data).into_owned()));
+            splitter.feed(chunk, |data| {
+                out.push(String::from_utf8_lossy(data).into_owned())
+            });
         }
         out
     }
@@ -226,8 +232,14 @@ mod tests {
     fn splits_events_across_chunks_and_line_endings() {
         assert_eq!(events(&[b"data: {\"a\":1}\n\n"]), vec!["{\"a\":1}"]);
         assert_eq!(events(&[b"data: a\r", b"\ndata: b\r\n\r\n"]), vec!["a\nb"]);
-        assert_eq!(events(&[b"event: x\nid: 1\ndata:x\r\rdata: y\n", b"\n"]), vec!["x", "y"]);
-        assert_eq!(events(&[b": comment\n\n", b"retry: 5\n\n"]), Vec::<String>::new());
+        assert_eq!(
+            events(&[b"event: x\nid: 1\ndata:x\r\rdata: y\n", b"\n"]),
+            vec!["x", "y"]
+        );
+        assert_eq!(
+            events(&[b": comment\n\n", b"retry: 5\n\n"]),
+            Vec::<String>::new()
+        );
         assert_eq!(events(&[b"database: 1\ndata\n\n"]), vec![""]);
     }
 
@@ -235,7 +247,9 @@ mod tests {
     fn skips_oversized_events_whole() {
         let mut splitter = EventSplitter::new(8);
         let mut out = Vec::new();
-        splitter.feed(b"data: 0123456789abcdef\n\ndata: ok\n\n", |d| out.push(d.to_vec()));
+        splitter.feed(b"data: 0123456789abcdef\n\ndata: ok\n\n", |d| {
+            out.push(d.to_vec())
+        });
         assert_eq!(out, vec![b"ok".to_vec()]);
     }
 }

@@ -48,6 +48,8 @@ mod stats;
 pub use body::EventSplitter;
 pub use hooks::{BoxFuture, LogOnly, Matched, Outcome, RequestInfo, SessionHeader, SessionHooks};
 pub use layer::HaltLayer;
-pub use response::{HaltResponse, HALT_STATUS, X_HALTGATE_ACTION, X_HALTGATE_HALT, X_HALTGATE_RULE};
+pub use response::{
+    HaltResponse, HALT_STATUS, X_HALTGATE_ACTION, X_HALTGATE_HALT, X_HALTGATE_RULE,
+};
 pub use service::{session_header, Halt, X_HALTGATE_EPOCH, X_HALTGATE_SESSION};
 pub use stats::HaltStats;

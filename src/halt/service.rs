@@ -17,7 +17,9 @@ use super::response::X_HALTGATE_ACTION;
 use super::stats::HaltStats;
 use crate::body::{self, BoxError, ProxyBody};
 use crate::route::Target;
-use crate::rules::{Class, Decision, Exchange, ExchangeHead, ResponseBody, RuleSet, Scope, Verdict};
+use crate::rules::{
+    Class, Decision, Exchange, ExchangeHead, ResponseBody, RuleSet, Scope, Verdict,
+};
 use crate::synthetic::SyntheticResponse;
 
 /// Request header naming the agent session.
@@ -174,7 +176,14 @@ async fn inspect(
     }
     if is_event_stream(&parts.headers) {
         let request_body = request.body.bytes();
-        let events = InspectEvents::new(body, parts.status, parts.headers.clone(), request, request_body, shared);
+        let events = InspectEvents::new(
+            body,
+            parts.status,
+            parts.headers.clone(),
+            request,
+            request_body,
+            shared,
+        );
         return Response::from_parts(parts, body::boxed(events));
     }
 
@@ -198,7 +207,15 @@ async fn inspect(
         None => ResponseBody::Uninspected,
     };
     let request_body = request.body.bytes();
-    let decision = decide(&rules, &request, &parts, &request_body, response_body, &shared).await;
+    let decision = decide(
+        &rules,
+        &request,
+        &parts,
+        &request_body,
+        response_body,
+        &shared,
+    )
+    .await;
     let replay = match buffered {
         Some(buffered) => body::boxed(buffered.into_replay(body)),
         None => body,
@@ -220,7 +237,10 @@ async fn inspect(
     }
 }
 
-pub(crate) fn head<'a>(request: &'a RequestSnapshot, parts: &'a http::response::Parts) -> ExchangeHead<'a> {
+pub(crate) fn head<'a>(
+    request: &'a RequestSnapshot,
+    parts: &'a http::response::Parts,
+) -> ExchangeHead<'a> {
     ExchangeHead {
         provider: &request.provider,
         method: &request.method,

@@ -276,7 +276,8 @@ pub(crate) fn required_literals(table: &MatchTable) -> Option<Vec<Vec<u8>>> {
                 options.extend(literals);
             }
             ValueTest::Regex(regex) => {
-                if let Some(text) = plain_literal(regex.as_str()).filter(|t| is_verbatim_in_json(t)) {
+                if let Some(text) = plain_literal(regex.as_str()).filter(|t| is_verbatim_in_json(t))
+                {
                     options.push(vec![text.as_bytes().to_vec()]);
                 }
             }
@@ -303,7 +304,9 @@ pub(crate) fn required_literals(table: &MatchTable) -> Option<Vec<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::matcher::{build_bytes_regex, build_regex, BodyRegex, HeadMatcher, JsonPath, JsonTest};
+    use crate::rules::matcher::{
+        build_bytes_regex, build_regex, BodyRegex, HeadMatcher, JsonPath, JsonTest,
+    };
     use serde_json::json;
     use std::sync::Arc;
 
@@ -329,7 +332,11 @@ mod tests {
     }
 
     fn strings(literals: Option<Vec<Vec<u8>>>) -> Option<Vec<String>> {
-        literals.map(|set| set.into_iter().map(|l| String::from_utf8(l).unwrap()).collect())
+        literals.map(|set| {
+            set.into_iter()
+                .map(|l| String::from_utf8(l).unwrap())
+                .collect()
+        })
     }
 
     #[test]
@@ -337,20 +344,30 @@ mod tests {
         let t = table(
             vec![
                 ("ok", ValueTest::Equals(json!(false))),
-                ("error", ValueTest::OneOf(vec![json!("not_in_channel"), json!("channel_not_found")])),
+                (
+                    "error",
+                    ValueTest::OneOf(vec![json!("not_in_channel"), json!("channel_not_found")]),
+                ),
             ],
             None,
         );
         assert_eq!(
             strings(required_literals(&t)),
-            Some(vec!["\"not_in_channel\"".into(), "\"channel_not_found\"".into()])
+            Some(vec![
+                "\"not_in_channel\"".into(),
+                "\"channel_not_found\"".into()
+            ])
         );
     }
 
     #[test]
     fn escaped_or_numeric_values_give_no_value_literal() {
         let t = table(vec![("a", ValueTest::Equals(json!("x/y")))], None);
-        assert_eq!(strings(required_literals(&t)), Some(vec!["\"a\"".into()]), "falls back to the key");
+        assert_eq!(
+            strings(required_literals(&t)),
+            Some(vec!["\"a\"".into()]),
+            "falls back to the key"
+        );
         let t = table(vec![("[0]", ValueTest::Equals(json!(5)))], None);
         assert_eq!(required_literals(&t), None);
         let t = table(vec![("é", ValueTest::Exists(true))], None);
@@ -361,10 +378,25 @@ mod tests {
 
     #[test]
     fn regexes_give_literals_only_when_plain() {
-        let t = table(vec![("[0]", ValueTest::Regex(build_regex("(?i)bad credentials").unwrap()))], None);
+        let t = table(
+            vec![(
+                "[0]",
+                ValueTest::Regex(build_regex("(?i)bad credentials").unwrap()),
+            )],
+            None,
+        );
         assert_eq!(required_literals(&t), None);
-        let t = table(vec![("[0]", ValueTest::Regex(build_regex("Bad credentials").unwrap()))], None);
-        assert_eq!(strings(required_literals(&t)), Some(vec!["Bad credentials".into()]));
+        let t = table(
+            vec![(
+                "[0]",
+                ValueTest::Regex(build_regex("Bad credentials").unwrap()),
+            )],
+            None,
+        );
+        assert_eq!(
+            strings(required_literals(&t)),
+            Some(vec!["Bad credentials".into()])
+        );
         let t = table(vec![], Some("Repository access blocked|Not Found"));
         assert_eq!(
             strings(required_literals(&t)),

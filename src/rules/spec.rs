@@ -227,7 +227,9 @@ pub fn parse_rule_file(text: &str) -> (RuleFileSpec, Vec<SpecError>) {
             }
             other => errors.push(SpecError::new(
                 key_span,
-                format!("unknown top-level key `{other}`, expected one of `schema`, `guard`, `rule`"),
+                format!(
+                    "unknown top-level key `{other}`, expected one of `schema`, `guard`, `rule`"
+                ),
             )),
         }
     }

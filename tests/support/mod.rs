@@ -2,6 +2,8 @@
 //! HTTP/1.1 by ALPN) and the proxy, all on 127.0.0.1 port 0.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -216,9 +218,49 @@ pub fn proxy_flags(routes: &[(&str, String)]) -> Overrides {
     }
 }
 
-pub async fn start_proxy(flags: Overrides) -> App {
+/// A proxy with its own store directory, removed when dropped.
+pub struct TestProxy {
+    pub app: App,
+    pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestProxy {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.app
+    }
+}
+
+impl TestProxy {
+    pub async fn wait(self) {
+        self.app.wait().await
+    }
+
+    /// Shuts down and waits for the drain; the store directory stays for a restart.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.app.shutdown();
+        self.app.wait().await;
+        self.dir
+    }
+}
+
+/// Starts a proxy; unless `flags` name a store, it gets a redb store in a fresh directory.
+pub async fn start_proxy(flags: Overrides) -> TestProxy {
+    start_proxy_in(flags, tempfile::tempdir().unwrap()).await
+}
+
+/// Starts a proxy whose default redb store and outbox live in `dir`.
+pub async fn start_proxy_in(mut flags: Overrides, dir: tempfile::TempDir) -> TestProxy {
+    if flags.store.is_none() {
+        flags.store = Some(format!("redb:{}", dir.path().join("haltgate.redb").display()));
+    }
+    if flags.outbox.is_none() {
+        flags.outbox = Some(dir.path().join("outbox.redb"));
+    }
     let config = Config::resolve(ConfigSpec::default(), flags, "test").expect("valid test config");
-    App::start(config).await.expect("proxy starts")
+    let app = App::start(config).await.expect("proxy starts");
+    TestProxy { app, dir }
 }
 
 /// A plain HTTP/1.1 client.
@@ -267,4 +309,20 @@ pub async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(limit, f)
         .await
         .expect("finished in time")
+}
+
+/// Polls `/readyz` until it answers 200 (the closed set is bootstrapped).
+pub async fn wait_ready(app: &App) {
+    let url = format!("http://{}/readyz", app.control_addr());
+    within(Duration::from_secs(10), async {
+        loop {
+            if let Ok(response) = client().request(get(&url)).await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
 }
