@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::rules::exchange::resolve_provider;
-use crate::rules::{Class, PreparedExchange, RecordedRequest, RecordedResponse, RuleSet, Scope, Verdict};
+use crate::rules::{
+    Class, PreparedExchange, RecordedRequest, RecordedResponse, RuleSet, Scope, Verdict,
+};
 
 #[derive(Deserialize)]
 struct InputLine {
@@ -60,7 +62,11 @@ pub fn run(
         }
         let parsed: Result<Value, String> =
             serde_json::from_slice(&buffer).map_err(|error| format!("invalid JSON: {error}"));
-        let id = parsed.as_ref().ok().and_then(|value| value.get("id")).cloned();
+        let id = parsed
+            .as_ref()
+            .ok()
+            .and_then(|value| value.get("id"))
+            .cloned();
         match parsed.and_then(|value| decide(rules, hosts, value)) {
             Ok((class, rule)) => {
                 let null = Value::Null;
@@ -105,9 +111,17 @@ fn decide(
     if !rules.providers().any(|known| known == provider) {
         return Err(format!("unknown provider `{provider}`"));
     }
-    let exchange = prepared.exchange(provider, Scope::Known(line.context.as_ref()), rules.max_body_bytes());
+    let exchange = prepared.exchange(
+        provider,
+        Scope::Known(line.context.as_ref()),
+        rules.max_body_bytes(),
+    );
     match rules.classify(&exchange) {
-        Verdict::Decided(decision) => Ok((decision.class, decision.rule.map(|rule| rule.to_string()))),
-        Verdict::NeedsScope => Err("the engine asked for the session scope although it was given".into()),
+        Verdict::Decided(decision) => {
+            Ok((decision.class, decision.rule.map(|rule| rule.to_string())))
+        }
+        Verdict::NeedsScope => {
+            Err("the engine asked for the session scope although it was given".into())
+        }
     }
 }

@@ -72,7 +72,11 @@ fn main() -> ExitCode {
             RulesCommand::Test { dir } => rules::cases::run(&dir, &mut out),
             RulesCommand::Explain { rules, case } => rules::cases::explain(&rules, &case, &mut out),
         },
-        Command::Classify { rules, hosts, input } => classify(&rules, hosts, &input, &mut out),
+        Command::Classify {
+            rules,
+            hosts,
+            input,
+        } => classify(&rules, hosts, &input, &mut out),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::exchange::{default_hosts, resolve_provider, PreparedExchange, RecordedRequest, RecordedResponse};
+use super::exchange::{
+    default_hosts, resolve_provider, PreparedExchange, RecordedRequest, RecordedResponse,
+};
 use super::{Class, Mode, RuleOutcome, RuleSet, Scope, Verdict};
 
 /// The sub-directory of `tests/` holding the shared transient corpus.
@@ -49,7 +51,8 @@ pub struct Expect {
 
 impl CaseFile {
     pub fn read(path: &Path) -> Result<CaseFile, String> {
-        let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read: {error}"))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|error| format!("cannot read: {error}"))?;
         serde_json::from_str(&text).map_err(|error| format!("invalid case file: {error}"))
     }
 }
@@ -76,7 +79,11 @@ pub fn run(dir: &Path, out: &mut dyn Write) -> io::Result<bool> {
         Ok(rules) => rules,
         Err(errors) => {
             writeln!(out, "{errors}")?;
-            writeln!(out, "cannot run the cases: the rules have {} error(s)", errors.len())?;
+            writeln!(
+                out,
+                "cannot run the cases: the rules have {} error(s)",
+                errors.len()
+            )?;
             return Ok(false);
         }
     };
@@ -100,7 +107,8 @@ pub fn run(dir: &Path, out: &mut dyn Write) -> io::Result<bool> {
             },
             Ok(case) => {
                 if let CaseKind::Provider(_) = kind {
-                    if let Some(expect_rule) = case.expect.as_ref().and_then(|e| e.rule.as_deref()) {
+                    if let Some(expect_rule) = case.expect.as_ref().and_then(|e| e.rule.as_deref())
+                    {
                         if let Some(info) = rules.rules().find(|info| info.id == expect_rule) {
                             coverage.entry(info.id).or_default().0 += 1;
                         }
@@ -144,14 +152,21 @@ pub fn run(dir: &Path, out: &mut dyn Write) -> io::Result<bool> {
             (_, 0) => "no negative case (not_rules)",
             _ => continue,
         };
-        uncovered.push(format!("rule {} ({}) has {missing}", info.id, info.provider));
+        uncovered.push(format!(
+            "rule {} ({}) has {missing}",
+            info.id, info.provider
+        ));
     }
     for line in &uncovered {
         writeln!(out, "UNTESTED {line}")?;
     }
     let total = passed + failed;
     if total == 0 {
-        writeln!(out, "error: no test cases found under {}", tests_dir.display())?;
+        writeln!(
+            out,
+            "error: no test cases found under {}",
+            tests_dir.display()
+        )?;
     }
     if !uncovered.is_empty() {
         writeln!(out, "{} enabled rule(s) lack cases", uncovered.len())?;
@@ -202,8 +217,9 @@ fn run_provider_case(
 ) -> CaseRun {
     let mut run = CaseRun::default();
     if !rules.providers().any(|provider| provider == dir_provider) {
-        run.failures
-            .push(format!("no rule file for provider `{dir_provider}` (the case's directory)"));
+        run.failures.push(format!(
+            "no rule file for provider `{dir_provider}` (the case's directory)"
+        ));
         return run;
     }
     let prepared = match PreparedExchange::prepare(&case.request, &case.response) {
@@ -272,7 +288,11 @@ fn check_case(
     provider: &str,
     explanations: &mut Vec<String>,
 ) -> Vec<String> {
-    let exchange = prepared.exchange(provider, Scope::Known(case.context.as_ref()), rules.max_body_bytes());
+    let exchange = prepared.exchange(
+        provider,
+        Scope::Known(case.context.as_ref()),
+        rules.max_body_bytes(),
+    );
     let explanation = rules.explain(&exchange);
     let mut failures = engine_consistency(rules, prepared, provider, case);
     let Verdict::Decided(decision) = &explanation.verdict else {
@@ -329,7 +349,9 @@ fn check_case(
             )),
             (Some(_), Some(trace)) => {
                 if trace.outcome == RuleOutcome::Matched {
-                    failures.push(format!("rule {id} matched, but the case lists it in not_rules"));
+                    failures.push(format!(
+                        "rule {id} matched, but the case lists it in not_rules"
+                    ));
                 }
             }
         }
@@ -349,7 +371,11 @@ fn engine_consistency(
     case: &CaseFile,
 ) -> Vec<String> {
     let mut failures = Vec::new();
-    let known = prepared.exchange(provider, Scope::Known(case.context.as_ref()), rules.max_body_bytes());
+    let known = prepared.exchange(
+        provider,
+        Scope::Known(case.context.as_ref()),
+        rules.max_body_bytes(),
+    );
     let classified = rules.classify(&known);
     let explained = rules.explain(&known).verdict;
     if classified != explained {
@@ -414,7 +440,11 @@ pub fn explain(dir: &Path, case_path: &Path, out: &mut dyn Write) -> io::Result<
         if providers.len() > 1 {
             writeln!(out, "== {provider} ==")?;
         }
-        let exchange = prepared.exchange(provider, Scope::Known(case.context.as_ref()), rules.max_body_bytes());
+        let exchange = prepared.exchange(
+            provider,
+            Scope::Known(case.context.as_ref()),
+            rules.max_body_bytes(),
+        );
         write!(out, "{}", rules.explain(&exchange))?;
         if case.expect.is_some() || !case.not_rules.is_empty() {
             let failures = check_case(&rules, &case, &prepared, provider, &mut Vec::new());

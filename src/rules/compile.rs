@@ -13,15 +13,14 @@ use toml::Spanned;
 
 use super::decision::{Class, Mode};
 use super::matcher::{
-    build_bytes_regex, build_regex, check_status_code, glob_to_regex, parse_status_text,
-    BodyField, BodyRegex, HeadMatcher, HeaderTest, HeaderValueTest, JsonPath, JsonTest,
-    MatchTable, MethodSet, PathMatcher, RequestSource, RequestTest, RequestValueTest, StatusSet,
-    ValueTest,
+    build_bytes_regex, build_regex, check_status_code, glob_to_regex, parse_status_text, BodyField,
+    BodyRegex, HeadMatcher, HeaderTest, HeaderValueTest, JsonPath, JsonTest, MatchTable, MethodSet,
+    PathMatcher, RequestSource, RequestTest, RequestValueTest, StatusSet, ValueTest,
 };
 use super::prefilter::Prefilter;
 use super::spec::{
-    parse_rule_file, GuardSpec, HeaderTestSpec, JsonTestSpec, MatchSpec, RequestTestSpec,
-    RuleSpec, SpecError, StatusSpec,
+    parse_rule_file, GuardSpec, HeaderTestSpec, JsonTestSpec, MatchSpec, RequestTestSpec, RuleSpec,
+    SpecError, StatusSpec,
 };
 
 /// The name `skip_guards` uses for the built-in transient guard.
@@ -221,11 +220,20 @@ pub(crate) struct ProviderRules {
     pub(crate) has_shadow: bool,
 }
 
+/// Where a rule id was first defined, to point duplicates at it.
+struct FirstDefinition {
+    file: Arc<str>,
+    text: Arc<str>,
+    span: Range<usize>,
+}
+
+type RuleIds = HashMap<String, FirstDefinition>;
+
 /// Compiles every source; returns the providers sorted by name, or every error found.
 pub(crate) fn compile(sources: Vec<RuleSource>) -> Result<Vec<ProviderRules>, RuleErrors> {
     let mut errors = Vec::new();
     let mut providers = Vec::new();
-    let mut ids: HashMap<String, (Arc<str>, Arc<str>, Range<usize>)> = HashMap::new();
+    let mut ids = RuleIds::new();
     let mut seen_providers: HashMap<String, Arc<str>> = HashMap::new();
     let mut sources = sources;
     sources.sort_by(|a, b| a.provider.cmp(&b.provider));
@@ -295,11 +303,7 @@ impl FileCompiler<'_> {
         });
     }
 
-    fn compile_file(
-        &mut self,
-        provider: &str,
-        ids: &mut HashMap<String, (Arc<str>, Arc<str>, Range<usize>)>,
-    ) -> Option<ProviderRules> {
+    fn compile_file(&mut self, provider: &str, ids: &mut RuleIds) -> Option<ProviderRules> {
         let errors_before = self.errors.len();
         if provider.is_empty() {
             self.errors.push(RuleError::unlocated(
@@ -312,11 +316,15 @@ impl FileCompiler<'_> {
         for error in spec_errors {
             self.spec_error(error);
         }
+        let spec = spec?;
         match &spec.schema {
             None => self.error(0..0, "missing `schema = 1` at the top of the file"),
             Some(schema) if *schema.get_ref() != 1 => self.error(
                 schema.span(),
-                format!("unknown schema {}; this engine reads schema 1", schema.get_ref()),
+                format!(
+                    "unknown schema {}; this engine reads schema 1",
+                    schema.get_ref()
+                ),
             ),
             Some(_) => {}
         }
@@ -324,7 +332,8 @@ impl FileCompiler<'_> {
         let mut guards: Vec<Guard> = Vec::new();
         let mut guard_names: HashMap<String, Range<usize>> = HashMap::new();
         for located in &spec.guards {
-            if let Some(guard) = self.compile_guard(&located.spec, &located.span, &mut guard_names) {
+            if let Some(guard) = self.compile_guard(&located.spec, &located.span, &mut guard_names)
+            {
                 guards.push(guard);
             }
         }
@@ -333,17 +342,21 @@ impl FileCompiler<'_> {
         for located in &spec.rules {
             let rule_spec = &located.spec;
             let id = rule_spec.id.get_ref();
-            if let Some((first_file, first_text, first_span)) = ids.get(id) {
-                let (line, column) = line_column(first_text, first_span.start);
+            if let Some(first) = ids.get(id) {
+                let (line, column) = line_column(&first.text, first.span.start);
                 self.error_with_note(
                     rule_spec.id.span(),
                     format!("duplicate rule id `{id}`"),
-                    format!("first defined at {first_file}:{line}:{column}"),
+                    format!("first defined at {}:{line}:{column}", first.file),
                 );
             } else {
                 ids.insert(
                     id.clone(),
-                    (self.file.clone(), self.text.clone(), rule_spec.id.span()),
+                    FirstDefinition {
+                        file: self.file.clone(),
+                        text: self.text.clone(),
+                        span: rule_spec.id.span(),
+                    },
                 );
             }
             if let Some(rule) = self.compile_rule(rule_spec, &located.span, &guard_names) {
@@ -464,7 +477,11 @@ impl FileCompiler<'_> {
             self.error(spec.description.span(), "`description` is empty");
             ok = false;
         }
-        let mode = match spec.mode.as_ref().map(|mode| (mode.get_ref().as_str(), mode.span())) {
+        let mode = match spec
+            .mode
+            .as_ref()
+            .map(|mode| (mode.get_ref().as_str(), mode.span()))
+        {
             None | Some(("enforce", _)) => Mode::Enforce,
             Some(("shadow", _)) => Mode::Shadow,
             Some((other, span)) => {
@@ -492,7 +509,11 @@ impl FileCompiler<'_> {
                     format!(
                         "unknown guard `{}` in `skip_guards`, expected one of {}",
                         name.get_ref(),
-                        known.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                        known
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 );
                 ok = false;
@@ -565,13 +586,19 @@ impl FileCompiler<'_> {
 
         if let Some(methods) = &spec.method {
             if methods.get_ref().is_empty() {
-                self.error(methods.span(), "`method` is empty; list at least one method");
+                self.error(
+                    methods.span(),
+                    "`method` is empty; list at least one method",
+                );
             }
             let mut names = Vec::new();
             for method in methods.get_ref() {
                 let name = method.get_ref().to_ascii_uppercase();
                 if http::Method::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
-                    self.error(method.span(), format!("invalid HTTP method `{}`", method.get_ref()));
+                    self.error(
+                        method.span(),
+                        format!("invalid HTTP method `{}`", method.get_ref()),
+                    );
                 }
                 names.push(name);
             }
@@ -613,7 +640,10 @@ impl FileCompiler<'_> {
 
         if let Some(status) = &spec.status {
             if status.get_ref().is_empty() {
-                self.error(status.span(), "`status` is empty; list at least one code or range");
+                self.error(
+                    status.span(),
+                    "`status` is empty; list at least one code or range",
+                );
             }
             let mut ranges = Vec::new();
             let mut shown = Vec::new();
@@ -641,7 +671,11 @@ impl FileCompiler<'_> {
 
         for (field, specs, target) in [
             ("header", &spec.header, &mut head.headers),
-            ("request_header", &spec.request_header, &mut head.request_headers),
+            (
+                "request_header",
+                &spec.request_header,
+                &mut head.request_headers,
+            ),
         ] {
             let Some(specs) = specs else { continue };
             if specs.is_empty() {
@@ -694,7 +728,8 @@ impl FileCompiler<'_> {
                 self.error(table_span.clone(), format!("{what}: `request` is empty"));
             }
             for test_spec in specs {
-                if let Some(test) = self.compile_request_test(test_spec, captures.as_ref(), table_span)
+                if let Some(test) =
+                    self.compile_request_test(test_spec, captures.as_ref(), table_span)
                 {
                     request.push(test);
                 }
@@ -729,9 +764,9 @@ impl FileCompiler<'_> {
 
     fn regex_error(&mut self, pattern: &Spanned<String>, error: regex::Error) {
         let message = match error {
-            regex::Error::CompiledTooBig(limit) => format!(
-                "regex is too large once compiled (limit {limit} bytes); simplify it"
-            ),
+            regex::Error::CompiledTooBig(limit) => {
+                format!("regex is too large once compiled (limit {limit} bytes); simplify it")
+            }
             // The syntax error text repeats the pattern with its own caret; keep the last line,
             // our excerpt already points at the pattern.
             other => {
@@ -750,7 +785,10 @@ impl FileCompiler<'_> {
         let name = match HeaderName::from_bytes(raw_name.to_ascii_lowercase().as_bytes()) {
             Ok(name) => name,
             Err(_) => {
-                self.error(spec.name.span(), format!("invalid header name `{raw_name}`"));
+                self.error(
+                    spec.name.span(),
+                    format!("invalid header name `{raw_name}`"),
+                );
                 return None;
             }
         };
@@ -897,7 +935,10 @@ impl FileCompiler<'_> {
             .as_object()
             .is_some_and(|object| object.keys().any(|key| key.starts_with("$__toml")));
         if is_datetime {
-            self.error(span, "a TOML datetime cannot be compared with JSON; quote it as a string");
+            self.error(
+                span,
+                "a TOML datetime cannot be compared with JSON; quote it as a string",
+            );
             return None;
         }
         Some(())
@@ -970,9 +1011,9 @@ impl FileCompiler<'_> {
                 }
             },
             _ => {
-                let Some(regex) = captures.filter(|regex| {
-                    regex.capture_names().flatten().any(|group| group == text)
-                }) else {
+                let Some(regex) = captures
+                    .filter(|regex| regex.capture_names().flatten().any(|group| group == text))
+                else {
                     self.error(
                         name.span(),
                         format!(
@@ -1013,7 +1054,11 @@ impl FileCompiler<'_> {
             };
             (test, shown)
         };
-        let case = if spec.ignore_case { " (ignoring case)" } else { "" };
+        let case = if spec.ignore_case {
+            " (ignoring case)"
+        } else {
+            ""
+        };
         Some(RequestTest {
             source,
             test,
@@ -1053,7 +1098,10 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].line_column(), Some((7, 1)));
         let shown = errors[0].to_string();
-        assert!(shown.starts_with("error: unknown field `staus`, expected one of"), "{shown}");
+        assert!(
+            shown.starts_with("error: unknown field `staus`, expected one of"),
+            "{shown}"
+        );
         assert!(
             shown.ends_with(" --> rules/x.toml:7:1\n  |\n7 | staus = [200]\n  | ^^^^^\n"),
             "{shown}"
@@ -1087,7 +1135,10 @@ description = "d"
             .iter()
             .map(|error| {
                 let (line, column) = error.line_column().unwrap();
-                format!("{line}:{column} {}", error.message().lines().next().unwrap())
+                format!(
+                    "{line}:{column} {}",
+                    error.message().lines().next().unwrap()
+                )
             })
             .collect();
         assert_eq!(
@@ -1104,7 +1155,9 @@ description = "d"
             ],
             "{messages:#?}"
         );
-        assert!(errors[6].to_string().contains("note: first defined at rules/x.toml:4:6"));
+        assert!(errors[6]
+            .to_string()
+            .contains("note: first defined at rules/x.toml:4:6"));
     }
 
     #[test]
@@ -1124,7 +1177,10 @@ description = "d"
     #[test]
     fn missing_or_unknown_schema_is_an_error() {
         let errors = errors_of("");
-        assert_eq!(errors[0].message(), "missing `schema = 1` at the top of the file");
+        assert_eq!(
+            errors[0].message(),
+            "missing `schema = 1` at the top of the file"
+        );
         let errors = errors_of("schema = 2\n");
         assert_eq!(errors[0].line_column(), Some((1, 10)));
     }

@@ -45,7 +45,9 @@ impl fmt::Display for Class {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown class `{0}`, expected one of lost_access, credential_invalid, stale_session, pass")]
+#[error(
+    "unknown class `{0}`, expected one of lost_access, credential_invalid, stale_session, pass"
+)]
 pub struct UnknownClass(pub String);
 
 impl FromStr for Class {
@@ -136,9 +138,13 @@ pub enum BodyState {
     /// Inspectable but not JSON (body matchers on JSON paths are false).
     NotJson,
     /// A complete `text/event-stream` body with this many JSON events.
-    EventStream { json_events: usize },
+    EventStream {
+        json_events: usize,
+    },
     /// One server-sent event fed by the proxy.
-    Event { json: bool },
+    Event {
+        json: bool,
+    },
 }
 
 impl fmt::Display for BodyState {
@@ -225,7 +231,10 @@ impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "provider: {}", self.provider)?;
         if !self.provider_known {
-            writeln!(f, "  no rules are loaded for this provider; every response passes")?;
+            writeln!(
+                f,
+                "  no rules are loaded for this provider; every response passes"
+            )?;
         }
         writeln!(f, "status:   {}", self.status)?;
         writeln!(f, "body:     {}", self.body)?;

@@ -155,7 +155,10 @@ impl<'e, 'a> Ctx<'e, 'a> {
 
     fn request_body(&self) -> &RequestBodyView {
         self.request_body.get_or_init(|| {
-            RequestBodyView::read(self.exchange.head.request_headers, self.exchange.request_body)
+            RequestBodyView::read(
+                self.exchange.head.request_headers,
+                self.exchange.request_body,
+            )
         })
     }
 
@@ -225,7 +228,10 @@ impl<'e, 'a> Ctx<'e, 'a> {
             ParsedBody::One(Some(root)) => {
                 for test in tests {
                     if !test.holds(root) {
-                        why.fail(|| format!("{} did not hold", test.description));
+                        why.fail(|| {
+                            let actual = test.path.show_values(root);
+                            format!("{} did not hold ({actual})", test.description)
+                        });
                         return false;
                     }
                 }
@@ -262,7 +268,9 @@ impl<'e, 'a> Ctx<'e, 'a> {
             ),
             RequestValueTest::OneOf(expected) => {
                 Truth::from_bool(self.request_any(source, &mut |value| {
-                    expected.iter().any(|candidate| value.equals(candidate, ignore_case))
+                    expected
+                        .iter()
+                        .any(|candidate| value.equals(candidate, ignore_case))
                 }))
             }
             RequestValueTest::Regex(regex) => {
@@ -307,9 +315,9 @@ impl<'e, 'a> Ctx<'e, 'a> {
                 .is_some_and(|found| test(&RequestValue::Text(found.as_str().into()))),
             RequestSource::Body(field) => self.body_field_any(field, test),
             RequestSource::Field(field) => {
-                let in_query = self
-                    .query
-                    .is_some_and(|query| form_values(query.as_bytes(), &field.name).next().is_some());
+                let in_query = self.query.is_some_and(|query| {
+                    form_values(query.as_bytes(), &field.name).next().is_some()
+                });
                 if in_query {
                     self.query_any(&field.name, test)
                 } else {
@@ -391,7 +399,12 @@ impl<'e, 'a> Ctx<'e, 'a> {
         }
     }
 
-    pub(crate) fn guard_result(&self, provider: &ProviderRules, index: usize, why: &mut Why) -> Truth {
+    pub(crate) fn guard_result(
+        &self,
+        provider: &ProviderRules,
+        index: usize,
+        why: &mut Why,
+    ) -> Truth {
         let result = self.table(&provider.guards[index].table, why);
         self.guards.borrow_mut().resize(provider.guards.len(), None);
         self.guards.borrow_mut()[index] = Some(result);

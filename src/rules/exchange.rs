@@ -184,9 +184,8 @@ impl RequestBodyView {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let parse_json = || {
-            serde_json::from_slice(body).map_or(RequestBodyView::Opaque, RequestBodyView::Json)
-        };
+        let parse_json =
+            || serde_json::from_slice(body).map_or(RequestBodyView::Opaque, RequestBodyView::Json);
         if content_type.contains("json") {
             parse_json()
         } else if content_type.contains("x-www-form-urlencoded") {
@@ -434,13 +433,22 @@ mod tests {
             RequestBodyView::read(&headers, b"channel=C1"),
             RequestBodyView::Form
         ));
-        assert!(matches!(RequestBodyView::read(&headers, b""), RequestBodyView::Opaque));
-        headers.insert(CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+        assert!(matches!(
+            RequestBodyView::read(&headers, b""),
+            RequestBodyView::Opaque
+        ));
+        headers.insert(
+            CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
         assert!(matches!(
             RequestBodyView::read(&headers, b"{\"a\":1}"),
             RequestBodyView::Form
         ));
-        headers.insert(CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        headers.insert(
+            CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
         assert!(matches!(
             RequestBodyView::read(&headers, b"not json"),
             RequestBodyView::Opaque
@@ -455,11 +463,15 @@ mod tests {
         }))
         .unwrap();
         let response: RecordedResponse =
-            serde_json::from_value(serde_json::json!({"status": 200, "body": "0123456789"})).unwrap();
+            serde_json::from_value(serde_json::json!({"status": 200, "body": "0123456789"}))
+                .unwrap();
         let prepared = PreparedExchange::prepare(&request, &response).unwrap();
         assert_eq!(prepared.host.as_deref(), Some("slack.com"));
         assert_eq!(prepared.path_and_query, "/api/chat.postMessage?channel=C1");
-        assert_eq!(prepared.request_headers.get_all("x-multi").iter().count(), 2);
+        assert_eq!(
+            prepared.request_headers.get_all("x-multi").iter().count(),
+            2
+        );
         let head = prepared.head("slack");
         assert_eq!(head.path(), "/api/chat.postMessage");
         assert_eq!(head.query(), Some("channel=C1"));
@@ -472,8 +484,14 @@ mod tests {
     #[test]
     fn provider_comes_from_the_explicit_field_then_the_host() {
         let hosts = vec![("api.github.com".to_owned(), "github".to_owned())];
-        assert_eq!(resolve_provider(Some("slack"), Some("api.github.com"), &hosts), Some("slack"));
-        assert_eq!(resolve_provider(None, Some("API.github.com"), &hosts), Some("github"));
+        assert_eq!(
+            resolve_provider(Some("slack"), Some("api.github.com"), &hosts),
+            Some("slack")
+        );
+        assert_eq!(
+            resolve_provider(None, Some("API.github.com"), &hosts),
+            Some("github")
+        );
         assert_eq!(resolve_provider(None, Some("example.com"), &hosts), None);
         assert_eq!(resolve_provider(None, None, &hosts), None);
     }

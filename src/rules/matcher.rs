@@ -127,17 +127,18 @@ impl JsonPath {
                         .map(|offset| at + offset)
                         .ok_or_else(|| format!("unclosed `[` at byte {at} in `{text}`"))?;
                     let inside = &text[at + 1..close];
-                    let segment = if inside == "*" {
-                        Segment::AnyElement
-                    } else if !inside.is_empty() && inside.bytes().all(|b| b.is_ascii_digit()) {
-                        Segment::Index(inside.parse().map_err(|_| {
-                            format!("index `{inside}` is too large in `{text}`")
-                        })?)
-                    } else {
-                        return Err(format!(
-                            "`[{inside}]` in `{text}` must be `[*]` or an index like `[0]`"
-                        ));
-                    };
+                    let segment =
+                        if inside == "*" {
+                            Segment::AnyElement
+                        } else if !inside.is_empty() && inside.bytes().all(|b| b.is_ascii_digit()) {
+                            Segment::Index(inside.parse().map_err(|_| {
+                                format!("index `{inside}` is too large in `{text}`")
+                            })?)
+                        } else {
+                            return Err(format!(
+                                "`[{inside}]` in `{text}` must be `[*]` or an index like `[0]`"
+                            ));
+                        };
                     segments.push(segment);
                     key_allowed = false;
                     at = close + 1;
@@ -201,6 +202,29 @@ impl JsonPath {
     pub(crate) fn exists(&self, root: &Value) -> bool {
         self.any(root, |_| true)
     }
+
+    /// The first few values the path reaches, for explanations.
+    pub(crate) fn show_values(&self, root: &Value) -> String {
+        let mut shown = Vec::new();
+        self.any(root, |value| {
+            let mut text = value.to_string();
+            if text.len() > 60 {
+                let cut = (0..=57)
+                    .rev()
+                    .find(|&at| text.is_char_boundary(at))
+                    .unwrap_or(0);
+                text.truncate(cut);
+                text.push_str("...");
+            }
+            shown.push(text);
+            shown.len() == 3
+        });
+        if shown.is_empty() {
+            format!("{} is absent", self.text)
+        } else {
+            format!("{} is {}", self.text, shown.join(", "))
+        }
+    }
 }
 
 // === Value comparison ===
@@ -211,17 +235,12 @@ pub(crate) fn json_equal(actual: &Value, expected: &Value, ignore_case: bool) ->
         (Value::Number(a), Value::Number(b)) => numbers_equal(a, b),
         (Value::String(a), Value::String(b)) => text_equal(a, b, ignore_case),
         (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len()
-                && a.iter()
-                    .zip(b)
-                    .all(|(x, y)| json_equal(x, y, ignore_case))
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| json_equal(x, y, ignore_case))
         }
         (Value::Object(a), Value::Object(b)) => {
             a.len() == b.len()
-                && a.iter().all(|(key, x)| {
-                    b.get(key)
-                        .is_some_and(|y| json_equal(x, y, ignore_case))
-                })
+                && a.iter()
+                    .all(|(key, x)| b.get(key).is_some_and(|y| json_equal(x, y, ignore_case)))
         }
         _ => actual == expected,
     }
@@ -339,7 +358,9 @@ pub(crate) fn parse_status_text(text: &str) -> Result<(u16, u16), String> {
         Some((low, high)) => {
             let (low, high) = (parse(low)?, parse(high)?);
             if low > high {
-                return Err(format!("status range `{text}` is empty: {low} is above {high}"));
+                return Err(format!(
+                    "status range `{text}` is empty: {low} is above {high}"
+                ));
             }
             Ok((low, high))
         }
@@ -431,19 +452,25 @@ impl HeadMatcher {
     ) -> bool {
         if let Some(methods) = &self.methods {
             if !methods.contains(method) {
-                why.fail(|| format!("{} (request method is {method})", methods.description));
+                why.fail(|| format!("{} did not hold (method is {method})", methods.description));
                 return false;
             }
         }
         if let Some(set) = &self.status {
             if !set.contains(status) {
-                why.fail(|| format!("{} (status is {})", set.description, status.as_u16()));
+                why.fail(|| {
+                    format!(
+                        "{} did not hold (status is {})",
+                        set.description,
+                        status.as_u16()
+                    )
+                });
                 return false;
             }
         }
         if let Some(matcher) = &self.path {
             if !matcher.is_match(path) {
-                why.fail(|| format!("{} (path is {path})", matcher.description));
+                why.fail(|| format!("{} did not hold (path is {path})", matcher.description));
                 return false;
             }
         }
@@ -492,9 +519,9 @@ impl JsonTest {
                     .iter()
                     .any(|candidate| json_equal(value, candidate, false))
             }),
-            ValueTest::Regex(regex) => self
-                .path
-                .any(root, |value| value.as_str().is_some_and(|text| regex.is_match(text))),
+            ValueTest::Regex(regex) => self.path.any(root, |value| {
+                value.as_str().is_some_and(|text| regex.is_match(text))
+            }),
         }
     }
 }
@@ -520,7 +547,10 @@ pub(crate) struct BodyField {
 pub(crate) enum RequestSource {
     Query(Box<str>),
     Body(BodyField),
-    PathCapture { regex: Arc<Regex>, group: Box<str> },
+    PathCapture {
+        regex: Arc<Regex>,
+        group: Box<str>,
+    },
     Header(HeaderName),
     /// Query parameter, else body field.
     Field(BodyField),
@@ -627,7 +657,9 @@ mod tests {
                 Segment::AnyElement
             ]
         );
-        for bad in ["", ".a", "a.", "a..b", "a.[0]", "a[x]", "a[", "a]", "a[0]b", "a[]"] {
+        for bad in [
+            "", ".a", "a.", "a..b", "a.[0]", "a[x]", "a[", "a]", "a[0]b", "a[]",
+        ] {
             assert!(JsonPath::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -660,7 +692,8 @@ mod tests {
 
     #[test]
     fn json_tests_cover_exists_regex_and_numbers() {
-        let body = json!({"ok": false, "error": {"code": -32601, "message": "Bad Credentials"}, "n": 1.0});
+        let body =
+            json!({"ok": false, "error": {"code": -32601, "message": "Bad Credentials"}, "n": 1.0});
         let holds = |p: &str, test: ValueTest| {
             JsonTest {
                 path: path(p),
@@ -673,8 +706,14 @@ mod tests {
         assert!(!holds("ok", ValueTest::Equals(json!("false"))));
         assert!(holds("error.code", ValueTest::Equals(json!(-32601))));
         assert!(holds("n", ValueTest::Equals(json!(1))));
-        assert!(holds("error.message", ValueTest::Regex(build_regex("(?i)bad credentials").unwrap())));
-        assert!(!holds("error.code", ValueTest::Regex(build_regex("3").unwrap())));
+        assert!(holds(
+            "error.message",
+            ValueTest::Regex(build_regex("(?i)bad credentials").unwrap())
+        ));
+        assert!(!holds(
+            "error.code",
+            ValueTest::Regex(build_regex("3").unwrap())
+        ));
         assert!(holds("error.code", ValueTest::Exists(true)));
         assert!(holds("error.missing", ValueTest::Exists(false)));
         assert!(!holds("ok.deeper", ValueTest::Exists(true)));
@@ -683,20 +722,34 @@ mod tests {
 
     #[test]
     fn glob_translation() {
-        let matches = |glob: &str, path: &str| Regex::new(&glob_to_regex(glob)).unwrap().is_match(path);
+        let matches =
+            |glob: &str, path: &str| Regex::new(&glob_to_regex(glob)).unwrap().is_match(path);
         assert!(matches("/api/chat.*", "/api/chat.postMessage"));
-        assert!(!matches("/api/chat.*", "/api/chatXpostMessage"), "`.` is literal");
+        assert!(
+            !matches("/api/chat.*", "/api/chatXpostMessage"),
+            "`.` is literal"
+        );
         assert!(!matches("/api/*", "/api/a/b"), "`*` stops at `/`");
         assert!(matches("/api/**", "/api/a/b"));
         assert!(matches("/repos/*/*/issues", "/repos/o/r/issues"));
-        assert!(!matches("/repos/*/*/issues", "/repos/o/r/issues/1"), "anchored at the end");
+        assert!(
+            !matches("/repos/*/*/issues", "/repos/o/r/issues/1"),
+            "anchored at the end"
+        );
         assert!(!matches("/graphql", "/v1/graphql"), "anchored at the start");
-        assert!(matches("/a+b(c)", "/a+b(c)"), "regex metacharacters are literal");
+        assert!(
+            matches("/a+b(c)", "/a+b(c)"),
+            "regex metacharacters are literal"
+        );
     }
 
     #[test]
     fn status_sets_and_ranges() {
-        let ranges = [(401, 401), parse_status_text("403-404").unwrap(), parse_status_text("500").unwrap()];
+        let ranges = [
+            (401, 401),
+            parse_status_text("403-404").unwrap(),
+            parse_status_text("500").unwrap(),
+        ];
         let set = StatusSet::new(&ranges, String::new());
         for code in [401, 403, 404, 500] {
             assert!(set.contains(StatusCode::from_u16(code).unwrap()), "{code}");

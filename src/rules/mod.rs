@@ -107,7 +107,10 @@ impl RuleSet {
         }
         paths.sort();
         if paths.is_empty() && errors.is_empty() {
-            errors.push(RuleError::unlocated(shown, "no rule files (*.toml) in this directory"));
+            errors.push(RuleError::unlocated(
+                shown,
+                "no rule files (*.toml) in this directory",
+            ));
         }
         let mut sources = Vec::new();
         for path in paths {
@@ -118,9 +121,10 @@ impl RuleSet {
                 .unwrap_or_default();
             match std::fs::read_to_string(&path) {
                 Ok(text) => sources.push(RuleSource::new(display_path, provider, text)),
-                Err(error) => {
-                    errors.push(RuleError::unlocated(display_path, format!("cannot read: {error}")))
-                }
+                Err(error) => errors.push(RuleError::unlocated(
+                    display_path,
+                    format!("cannot read: {error}"),
+                )),
             }
         }
         match RuleSet::from_sources(sources) {
@@ -153,7 +157,10 @@ impl RuleSet {
 
     /// Rules defined across all files, disabled ones included.
     pub fn rule_count(&self) -> usize {
-        self.providers.iter().map(|provider| provider.rules.len()).sum()
+        self.providers
+            .iter()
+            .map(|provider| provider.rules.len())
+            .sum()
     }
 
     pub fn file_count(&self) -> usize {
@@ -216,7 +223,10 @@ impl RuleSet {
         match provider.prefilter.candidates(ctx.raw_body()) {
             Candidates::All => decide(
                 provider,
-                merge_sorted(provider.prefilter.filtered(), provider.prefilter.unfiltered()),
+                merge_sorted(
+                    provider.prefilter.filtered(),
+                    provider.prefilter.unfiltered(),
+                ),
                 ctx.body_inspected(),
                 judge,
             ),
