@@ -323,4 +323,9 @@ fn explain_prints_the_decision_and_checks_expectations() {
     let output = String::from_utf8(out).unwrap();
     assert!(!ok);
     assert!(output.contains("expectation failed: expected credential_invalid by shop.key_revoked, got pass (no rule)"), "{output}");
+
+    let missing = cases::explain(dir.path(), &dir.path().join("nope.json"), &mut Vec::new());
+    assert_eq!(missing.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    let no_rules = cases::run(&dir.path().join("nowhere"), &mut Vec::new());
+    assert_eq!(no_rules.unwrap_err().kind(), std::io::ErrorKind::NotFound);
 }

@@ -129,11 +129,12 @@ fn an_empty_or_missing_directory_is_an_error() {
         output.contains("no rule files (*.toml) in this directory"),
         "{output}"
     );
-    let (ok, output) = check_output(&dir.path().join("missing"));
-    assert!(!ok);
+    let missing = dir.path().join("missing");
+    let error = check::run(&missing, &mut Vec::new()).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
     assert!(
-        output.contains("cannot read the rules directory"),
-        "{output}"
+        error.to_string().contains("cannot read the directory"),
+        "{error}"
     );
 }
 

@@ -611,7 +611,7 @@ impl FileCompiler<'_> {
             self.error(regex.span(), "set either `path` or `path_regex`, not both");
         }
         if let Some(glob) = &spec.path {
-            let description = format!("path = {:?}", glob.get_ref());
+            let description = format!("path = {}", toml_string(glob.get_ref()));
             match build_regex(&glob_to_regex(glob.get_ref())) {
                 Ok(regex) => {
                     key.push('\u{1}');
@@ -624,7 +624,7 @@ impl FileCompiler<'_> {
                 Err(error) => self.error(glob.span(), format!("invalid path glob: {error}")),
             }
         } else if let Some(pattern) = &spec.path_regex {
-            let description = format!("path_regex = {:?}", pattern.get_ref());
+            let description = format!("path_regex = {}", toml_string(pattern.get_ref()));
             match build_regex(pattern.get_ref()) {
                 Ok(regex) => {
                     key.push('\u{1}');
@@ -695,7 +695,7 @@ impl FileCompiler<'_> {
                 Ok(regex) => Some(BodyRegex {
                     regex,
                     pattern: pattern.get_ref().as_str().into(),
-                    description: format!("body_regex = {:?}", pattern.get_ref()).into(),
+                    description: format!("body_regex = {}", toml_string(pattern.get_ref())).into(),
                 }),
                 Err(error) => {
                     self.regex_error(pattern, error);
@@ -810,7 +810,7 @@ impl FileCompiler<'_> {
             match build_regex(pattern.get_ref()) {
                 Ok(regex) => (
                     HeaderValueTest::Regex(regex),
-                    format!("regex {:?}", pattern.get_ref()),
+                    format!("regex {}", toml_string(pattern.get_ref())),
                 ),
                 Err(error) => {
                     self.regex_error(pattern, error);
@@ -820,7 +820,7 @@ impl FileCompiler<'_> {
         } else if let Some(value) = &spec.equals {
             (
                 HeaderValueTest::Equals(value.get_ref().as_str().into()),
-                format!("equals {:?}", value.get_ref()),
+                format!("equals {}", toml_string(value.get_ref())),
             )
         } else {
             let present = *spec.present.as_ref()?.get_ref();
@@ -914,7 +914,7 @@ impl FileCompiler<'_> {
             return match build_regex(&source) {
                 Ok(compiled) => Some((
                     ValueTest::Regex(compiled),
-                    format!("regex {:?}", pattern.get_ref()),
+                    format!("regex {}", toml_string(pattern.get_ref())),
                 )),
                 Err(error) => {
                     self.regex_error(pattern, error);
@@ -1065,6 +1065,16 @@ impl FileCompiler<'_> {
             ignore_case: spec.ignore_case,
             description: format!("request {kind} {text} {shown}{case}").into(),
         })
+    }
+}
+
+/// A string as it would be written in the rule file: a literal string when that needs no
+/// escaping (how regexes are usually written), else a basic string.
+fn toml_string(text: &str) -> String {
+    if text.contains(['\\', '"']) && !text.contains(['\'', '\n', '\r']) {
+        format!("'{text}'")
+    } else {
+        format!("{text:?}")
     }
 }
 
