@@ -454,12 +454,12 @@ pub(crate) fn decide(
     let mut deciding: Option<&Rule> = None;
     let mut shadow = Vec::new();
     for index in order {
+        if deciding.is_some() && !provider.has_shadow {
+            break;
+        }
         let rule = &provider.rules[index];
         if !rule.enabled || (rule.mode == Mode::Enforce && deciding.is_some()) {
             continue;
-        }
-        if deciding.is_some() && !provider.has_shadow {
-            break;
         }
         match judge(index, rule) {
             Judgement::Matched => match rule.mode {
