@@ -399,16 +399,14 @@ impl<'e, 'a> Ctx<'e, 'a> {
         }
     }
 
-    pub(crate) fn guard_result(
+    /// A guard evaluated with its reason recorded, for `explain`.
+    pub(crate) fn guard_traced(
         &self,
         provider: &ProviderRules,
         index: usize,
         why: &mut Why,
     ) -> Truth {
-        let result = self.table(&provider.guards[index].table, why);
-        self.guards.borrow_mut().resize(provider.guards.len(), None);
-        self.guards.borrow_mut()[index] = Some(result);
-        result
+        self.table(&provider.guards[index].table, why)
     }
 }
 
