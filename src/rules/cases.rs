@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::check::readable_dir;
 use super::exchange::{
     default_hosts, resolve_provider, PreparedExchange, RecordedRequest, RecordedResponse,
 };
@@ -73,8 +74,9 @@ struct CaseRun {
 
 /// Runs every case under `dir/tests` against the rules in `dir`, prints each failure with its
 /// explanation, the coverage problems and a summary. True when everything passed and at least
-/// one case ran.
+/// one case ran; `Err` when `dir` cannot be read.
 pub fn run(dir: &Path, out: &mut dyn Write) -> io::Result<bool> {
+    readable_dir(dir)?;
     let rules = match RuleSet::load_dir(dir) {
         Ok(rules) => rules,
         Err(errors) => {
@@ -395,8 +397,16 @@ fn engine_consistency(
 
 /// `rules explain CASE.json`: prints how the rules in `dir` decide the case (for every provider
 /// when the case names none and its host is unknown) and checks its expectations if it has any.
-/// True when the case could be explained and its expectations hold.
+/// True when the case could be explained and its expectations hold; `Err` when the rules
+/// directory or the case file cannot be read.
 pub fn explain(dir: &Path, case_path: &Path, out: &mut dyn Write) -> io::Result<bool> {
+    readable_dir(dir)?;
+    std::fs::metadata(case_path).map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!("cannot read the case {}: {error}", case_path.display()),
+        )
+    })?;
     let rules = match RuleSet::load_dir(dir) {
         Ok(rules) => rules,
         Err(errors) => {

@@ -6,7 +6,9 @@ use std::path::Path;
 use super::RuleSet;
 
 /// Prints `ok: N rules in M files`, or every error with its location and a summary line.
+/// An unreadable directory is an `Err`: the check could not run at all.
 pub fn run(dir: &Path, out: &mut dyn Write) -> io::Result<bool> {
+    readable_dir(dir)?;
     match RuleSet::load_dir(dir) {
         Ok(rules) => {
             writeln!(
@@ -36,4 +38,14 @@ fn counted(count: usize, noun: &str) -> String {
     } else {
         format!("{count} {noun}s")
     }
+}
+
+/// Fails with the directory named when it cannot be listed.
+pub(crate) fn readable_dir(dir: &Path) -> io::Result<()> {
+    std::fs::read_dir(dir).map(drop).map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!("cannot read the directory {}: {error}", dir.display()),
+        )
+    })
 }

@@ -220,11 +220,20 @@ pub(crate) struct ProviderRules {
     pub(crate) has_shadow: bool,
 }
 
+/// Where a rule id was first defined, to point duplicates at it.
+struct FirstDefinition {
+    file: Arc<str>,
+    text: Arc<str>,
+    span: Range<usize>,
+}
+
+type RuleIds = HashMap<String, FirstDefinition>;
+
 /// Compiles every source; returns the providers sorted by name, or every error found.
 pub(crate) fn compile(sources: Vec<RuleSource>) -> Result<Vec<ProviderRules>, RuleErrors> {
     let mut errors = Vec::new();
     let mut providers = Vec::new();
-    let mut ids: HashMap<String, (Arc<str>, Arc<str>, Range<usize>)> = HashMap::new();
+    let mut ids = RuleIds::new();
     let mut seen_providers: HashMap<String, Arc<str>> = HashMap::new();
     let mut sources = sources;
     sources.sort_by(|a, b| a.provider.cmp(&b.provider));
@@ -294,11 +303,7 @@ impl FileCompiler<'_> {
         });
     }
 
-    fn compile_file(
-        &mut self,
-        provider: &str,
-        ids: &mut HashMap<String, (Arc<str>, Arc<str>, Range<usize>)>,
-    ) -> Option<ProviderRules> {
+    fn compile_file(&mut self, provider: &str, ids: &mut RuleIds) -> Option<ProviderRules> {
         let errors_before = self.errors.len();
         if provider.is_empty() {
             self.errors.push(RuleError::unlocated(
@@ -311,6 +316,7 @@ impl FileCompiler<'_> {
         for error in spec_errors {
             self.spec_error(error);
         }
+        let spec = spec?;
         match &spec.schema {
             None => self.error(0..0, "missing `schema = 1` at the top of the file"),
             Some(schema) if *schema.get_ref() != 1 => self.error(
@@ -336,17 +342,21 @@ impl FileCompiler<'_> {
         for located in &spec.rules {
             let rule_spec = &located.spec;
             let id = rule_spec.id.get_ref();
-            if let Some((first_file, first_text, first_span)) = ids.get(id) {
-                let (line, column) = line_column(first_text, first_span.start);
+            if let Some(first) = ids.get(id) {
+                let (line, column) = line_column(&first.text, first.span.start);
                 self.error_with_note(
                     rule_spec.id.span(),
                     format!("duplicate rule id `{id}`"),
-                    format!("first defined at {first_file}:{line}:{column}"),
+                    format!("first defined at {}:{line}:{column}", first.file),
                 );
             } else {
                 ids.insert(
                     id.clone(),
-                    (self.file.clone(), self.text.clone(), rule_spec.id.span()),
+                    FirstDefinition {
+                        file: self.file.clone(),
+                        text: self.text.clone(),
+                        span: rule_spec.id.span(),
+                    },
                 );
             }
             if let Some(rule) = self.compile_rule(rule_spec, &located.span, &guard_names) {
@@ -601,7 +611,7 @@ impl FileCompiler<'_> {
             self.error(regex.span(), "set either `path` or `path_regex`, not both");
         }
         if let Some(glob) = &spec.path {
-            let description = format!("path = {:?}", glob.get_ref());
+            let description = format!("path = {}", toml_string(glob.get_ref()));
             match build_regex(&glob_to_regex(glob.get_ref())) {
                 Ok(regex) => {
                     key.push('\u{1}');
@@ -614,7 +624,7 @@ impl FileCompiler<'_> {
                 Err(error) => self.error(glob.span(), format!("invalid path glob: {error}")),
             }
         } else if let Some(pattern) = &spec.path_regex {
-            let description = format!("path_regex = {:?}", pattern.get_ref());
+            let description = format!("path_regex = {}", toml_string(pattern.get_ref()));
             match build_regex(pattern.get_ref()) {
                 Ok(regex) => {
                     key.push('\u{1}');
@@ -685,7 +695,7 @@ impl FileCompiler<'_> {
                 Ok(regex) => Some(BodyRegex {
                     regex,
                     pattern: pattern.get_ref().as_str().into(),
-                    description: format!("body_regex = {:?}", pattern.get_ref()).into(),
+                    description: format!("body_regex = {}", toml_string(pattern.get_ref())).into(),
                 }),
                 Err(error) => {
                     self.regex_error(pattern, error);
@@ -800,7 +810,7 @@ impl FileCompiler<'_> {
             match build_regex(pattern.get_ref()) {
                 Ok(regex) => (
                     HeaderValueTest::Regex(regex),
-                    format!("regex {:?}", pattern.get_ref()),
+                    format!("regex {}", toml_string(pattern.get_ref())),
                 ),
                 Err(error) => {
                     self.regex_error(pattern, error);
@@ -810,7 +820,7 @@ impl FileCompiler<'_> {
         } else if let Some(value) = &spec.equals {
             (
                 HeaderValueTest::Equals(value.get_ref().as_str().into()),
-                format!("equals {:?}", value.get_ref()),
+                format!("equals {}", toml_string(value.get_ref())),
             )
         } else {
             let present = *spec.present.as_ref()?.get_ref();
@@ -904,7 +914,7 @@ impl FileCompiler<'_> {
             return match build_regex(&source) {
                 Ok(compiled) => Some((
                     ValueTest::Regex(compiled),
-                    format!("regex {:?}", pattern.get_ref()),
+                    format!("regex {}", toml_string(pattern.get_ref())),
                 )),
                 Err(error) => {
                     self.regex_error(pattern, error);
@@ -1055,6 +1065,16 @@ impl FileCompiler<'_> {
             ignore_case: spec.ignore_case,
             description: format!("request {kind} {text} {shown}{case}").into(),
         })
+    }
+}
+
+/// A string as it would be written in the rule file: a literal string when that needs no
+/// escaping (how regexes are usually written), else a basic string.
+fn toml_string(text: &str) -> String {
+    if text.contains(['\\', '"']) && !text.contains(['\'', '\n', '\r']) {
+        format!("'{text}'")
+    } else {
+        format!("{text:?}")
     }
 }
 

@@ -228,7 +228,10 @@ impl<'e, 'a> Ctx<'e, 'a> {
             ParsedBody::One(Some(root)) => {
                 for test in tests {
                     if !test.holds(root) {
-                        why.fail(|| format!("{} did not hold", test.description));
+                        why.fail(|| {
+                            let actual = test.path.show_values(root);
+                            format!("{} did not hold ({actual})", test.description)
+                        });
                         return false;
                     }
                 }
@@ -396,16 +399,14 @@ impl<'e, 'a> Ctx<'e, 'a> {
         }
     }
 
-    pub(crate) fn guard_result(
+    /// A guard evaluated with its reason recorded, for `explain`.
+    pub(crate) fn guard_traced(
         &self,
         provider: &ProviderRules,
         index: usize,
         why: &mut Why,
     ) -> Truth {
-        let result = self.table(&provider.guards[index].table, why);
-        self.guards.borrow_mut().resize(provider.guards.len(), None);
-        self.guards.borrow_mut()[index] = Some(result);
-        result
+        self.table(&provider.guards[index].table, why)
     }
 }
 
@@ -451,12 +452,12 @@ pub(crate) fn decide(
     let mut deciding: Option<&Rule> = None;
     let mut shadow = Vec::new();
     for index in order {
+        if deciding.is_some() && !provider.has_shadow {
+            break;
+        }
         let rule = &provider.rules[index];
         if !rule.enabled || (rule.mode == Mode::Enforce && deciding.is_some()) {
             continue;
-        }
-        if deciding.is_some() && !provider.has_shadow {
-            break;
         }
         match judge(index, rule) {
             Judgement::Matched => match rule.mode {

@@ -202,6 +202,29 @@ impl JsonPath {
     pub(crate) fn exists(&self, root: &Value) -> bool {
         self.any(root, |_| true)
     }
+
+    /// The first few values the path reaches, for explanations.
+    pub(crate) fn show_values(&self, root: &Value) -> String {
+        let mut shown = Vec::new();
+        self.any(root, |value| {
+            let mut text = value.to_string();
+            if text.len() > 60 {
+                let cut = (0..=57)
+                    .rev()
+                    .find(|&at| text.is_char_boundary(at))
+                    .unwrap_or(0);
+                text.truncate(cut);
+                text.push_str("...");
+            }
+            shown.push(text);
+            shown.len() == 3
+        });
+        if shown.is_empty() {
+            format!("{} is absent", self.text)
+        } else {
+            format!("{} is {}", self.text, shown.join(", "))
+        }
+    }
 }
 
 // === Value comparison ===
@@ -429,19 +452,25 @@ impl HeadMatcher {
     ) -> bool {
         if let Some(methods) = &self.methods {
             if !methods.contains(method) {
-                why.fail(|| format!("{} (request method is {method})", methods.description));
+                why.fail(|| format!("{} did not hold (method is {method})", methods.description));
                 return false;
             }
         }
         if let Some(set) = &self.status {
             if !set.contains(status) {
-                why.fail(|| format!("{} (status is {})", set.description, status.as_u16()));
+                why.fail(|| {
+                    format!(
+                        "{} did not hold (status is {})",
+                        set.description,
+                        status.as_u16()
+                    )
+                });
                 return false;
             }
         }
         if let Some(matcher) = &self.path {
             if !matcher.is_match(path) {
-                why.fail(|| format!("{} (path is {path})", matcher.description));
+                why.fail(|| format!("{} did not hold (path is {path})", matcher.description));
                 return false;
             }
         }

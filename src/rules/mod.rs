@@ -314,7 +314,7 @@ impl RuleSet {
         }];
         for (index, guard) in provider.guards.iter().enumerate() {
             let mut why = Why::recording();
-            let outcome = match ctx.guard_result(provider, index, &mut why) {
+            let outcome = match ctx.guard_traced(provider, index, &mut why) {
                 Truth::Yes => GuardOutcome::Vetoes,
                 Truth::No => GuardOutcome::DoesNotVeto,
                 Truth::Unknown => GuardOutcome::NeedsScope,

@@ -9,22 +9,71 @@
 //!
 //! Soundness: literals only come from values whose JSON encoding is their raw text (printable
 //! ASCII without `"`, `\` or `/`), so the encoder cannot have changed them; the one way left to
-//! hide them is a `\uXXXX` escape, so a body containing `\u` turns the prefilter off. Numbers
-//! give no literal (`1e3` equals `1000`), nor do case-insensitive or non-literal regexes.
+//! hide them is a `\uXXXX` escape, so a body containing one turns the prefilter off. Numbers
+//! give no literal (`1e3` equals `1000`), nor do case-insensitive letters in regexes.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use std::collections::HashMap;
+
+use aho_corasick::{packed, AhoCorasick, AhoCorasickBuilder, Input, MatchKind, Span};
+use regex_syntax::hir::{Hir, HirKind};
 
 use super::compile::Rule;
 use super::matcher::{MatchTable, ValueTest};
 
-/// The sentinel that disables the prefilter for one body.
-const UNICODE_ESCAPE: &[u8] = br"\u";
+/// Every JSON `\u` escape starts with one of these; seeing one turns the prefilter off for the
+/// body. Three bytes rather than `\u` alone keep the SIMD search's fingerprints selective.
+fn unicode_escapes() -> impl Iterator<Item = Vec<u8>> {
+    b"0123456789abcdefABCDEF"
+        .iter()
+        .map(|&digit| vec![b'\\', b'u', digit])
+}
+
+/// Finds the leftmost-longest pattern occurrence from a position.
+#[derive(Debug)]
+enum Scanner {
+    /// aho-corasick's SIMD (Teddy) searcher, for sets of up to about a hundred patterns.
+    Packed(packed::Searcher),
+    /// Any number of patterns.
+    Automaton(AhoCorasick),
+}
+
+impl Scanner {
+    fn build(patterns: &[Vec<u8>]) -> Result<Scanner, String> {
+        let packed = packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostLongest)
+            .builder()
+            .extend(patterns)
+            .build();
+        if let Some(searcher) = packed {
+            return Ok(Scanner::Packed(searcher));
+        }
+        AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(patterns)
+            .map(Scanner::Automaton)
+            .map_err(|error| format!("cannot build the literal prefilter: {error}"))
+    }
+
+    fn find(&self, body: &[u8], from: usize) -> Option<(usize, usize)> {
+        let found = match self {
+            Scanner::Packed(searcher) => searcher.find_in(body, Span::from(from..body.len())),
+            Scanner::Automaton(automaton) => {
+                automaton.find(Input::new(body).span(from..body.len()))
+            }
+        }?;
+        Some((found.pattern().as_usize(), found.start()))
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Prefilter {
-    automaton: Option<AhoCorasick>,
+    scanner: Option<Scanner>,
     /// Pattern index -> rule indexes (sorted) that a hit on it makes candidates.
     rules_by_pattern: Vec<Box<[u32]>>,
+    /// Pattern index -> the patterns that are prefixes of it, itself included.
+    prefixes: Vec<Box<[u32]>>,
+    /// Patterns from this index on are the `\u` escape sentinels.
+    first_escape: u32,
     /// Enabled rules with a literal requirement, for bodies where the prefilter is off.
     filtered: Box<[u32]>,
     /// Enabled rules without one: always evaluated.
@@ -104,6 +153,7 @@ impl Prefilter {
     pub(crate) fn build(rules: &[Rule]) -> Result<Prefilter, String> {
         let mut patterns: Vec<Vec<u8>> = Vec::new();
         let mut rules_by_pattern: Vec<Vec<u32>> = Vec::new();
+        let mut known: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut filtered = Vec::new();
         let mut unfiltered = Vec::new();
         for (index, rule) in rules.iter().enumerate() {
@@ -115,32 +165,43 @@ impl Prefilter {
                 Some(literals) => {
                     filtered.push(index);
                     for literal in literals {
-                        let pattern = match patterns.iter().position(|known| *known == literal) {
-                            Some(pattern) => pattern,
-                            None => {
-                                patterns.push(literal);
-                                rules_by_pattern.push(Vec::new());
-                                patterns.len() - 1
-                            }
-                        };
+                        let next = patterns.len();
+                        let pattern = *known.entry(literal.clone()).or_insert(next);
+                        if pattern == next {
+                            patterns.push(literal);
+                            rules_by_pattern.push(Vec::new());
+                        }
                         rules_by_pattern[pattern].push(index);
                     }
                 }
                 None => unfiltered.push(index),
             }
         }
-        let automaton = if patterns.is_empty() {
+        // Rule literals are at least MIN_LITERAL_LEN long, so none equals a sentinel.
+        let first_escape = u32::try_from(patterns.len()).map_err(|_| "too many literals")?;
+        let scanner = if patterns.is_empty() {
             None
         } else {
-            patterns.push(UNICODE_ESCAPE.to_vec());
-            let automaton = AhoCorasickBuilder::new()
-                .match_kind(MatchKind::Standard)
-                .build(&patterns)
-                .map_err(|error| format!("cannot build the literal prefilter: {error}"))?;
-            Some(automaton)
+            patterns.extend(unicode_escapes());
+            Some(Scanner::build(&patterns)?)
         };
+        let index_of: HashMap<&[u8], u32> = patterns
+            .iter()
+            .enumerate()
+            .map(|(index, pattern)| (pattern.as_slice(), index as u32))
+            .collect();
+        let prefixes = patterns
+            .iter()
+            .map(|pattern| {
+                (1..=pattern.len())
+                    .filter_map(|len| index_of.get(&pattern[..len]).copied())
+                    .collect()
+            })
+            .collect();
         Ok(Prefilter {
-            automaton,
+            scanner,
+            prefixes,
+            first_escape,
             rules_by_pattern: rules_by_pattern
                 .into_iter()
                 .map(|mut indexes| {
@@ -165,24 +226,28 @@ impl Prefilter {
     /// filtered rule has a body matcher in `when`, which is false on an uninspected body.
     pub(crate) fn candidates(&self, body: Option<&[u8]>) -> Candidates<'_> {
         let mut hits = IndexBuf::default();
-        let (Some(automaton), Some(body)) = (&self.automaton, body) else {
+        let (Some(scanner), Some(body)) = (&self.scanner, body) else {
             return Candidates::Some {
                 hits,
                 unfiltered: &self.unfiltered,
             };
         };
-        let escape = self.rules_by_pattern.len();
+        // Every position where some pattern starts is visited in order (the search restarts one
+        // byte after each match start). Leftmost-longest reports the longest pattern starting
+        // there; any other pattern starting at the same place is a prefix of it, so marking its
+        // prefixes accounts for every occurrence, overlapping ones included.
         let mut patterns = IndexBuf::default();
-        // Overlapping, so a literal inside or across another one is still seen.
-        for found in automaton.find_overlapping_iter(body) {
-            let pattern = found.pattern().as_usize();
-            if pattern == escape {
-                return Candidates::All;
+        let mut from = 0;
+        while let Some((found, start)) = scanner.find(body, from) {
+            for &pattern in self.prefixes[found].iter() {
+                if pattern >= self.first_escape {
+                    return Candidates::All;
+                }
+                if !patterns.contains(pattern) {
+                    patterns.push(pattern);
+                }
             }
-            let pattern = pattern as u32;
-            if !patterns.contains(pattern) {
-                patterns.push(pattern);
-            }
+            from = start + 1;
         }
         for &pattern in patterns.as_slice() {
             for &rule in self.rules_by_pattern[pattern as usize].iter() {
@@ -241,9 +306,45 @@ fn quoted(text: &str) -> Vec<u8> {
     literal
 }
 
-/// A regex that is plain text (no metacharacters, no flags) matches only that text.
-fn plain_literal(pattern: &str) -> Option<&str> {
-    (!pattern.is_empty() && regex::escape(pattern) == pattern).then_some(pattern)
+/// Shorter literals are too common to rule anything out; they would only slow the scan.
+const MIN_LITERAL_LEN: usize = 4;
+
+/// Literal alternatives, one of which appears in any text the regex matches, read from its
+/// syntax tree: a concatenation needs every part, an alternation one of its branches, a
+/// repetition its body only when it repeats at least once. Case-insensitive letters are classes,
+/// not literals, so they give nothing.
+fn regex_literals(pattern: &str, bytes: bool) -> Option<Vec<Vec<u8>>> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .utf8(!bytes)
+        .build()
+        .parse(pattern)
+        .ok()?;
+    required_in(&hir)
+}
+
+fn required_in(hir: &Hir) -> Option<Vec<Vec<u8>>> {
+    match hir.kind() {
+        HirKind::Literal(literal) => Some(vec![literal.0.to_vec()]),
+        HirKind::Capture(capture) => required_in(&capture.sub),
+        HirKind::Repetition(repetition) if repetition.min > 0 => required_in(&repetition.sub),
+        HirKind::Concat(parts) => parts.iter().filter_map(required_in).max_by(rarer),
+        HirKind::Alternation(branches) => {
+            let mut literals = Vec::new();
+            for branch in branches {
+                literals.extend(required_in(branch)?);
+            }
+            Some(literals)
+        }
+        _ => None,
+    }
+}
+
+/// Orders literal sets by how rarely they should occur: longest shortest literal, then fewest.
+fn rarer(a: &Vec<Vec<u8>>, b: &Vec<Vec<u8>>) -> std::cmp::Ordering {
+    let shortest = |set: &Vec<Vec<u8>>| set.iter().map(Vec::len).min().unwrap_or(0);
+    shortest(a)
+        .cmp(&shortest(b))
+        .then_with(|| b.len().cmp(&a.len()))
 }
 
 fn value_literal(value: &serde_json::Value) -> Option<Vec<u8>> {
@@ -276,29 +377,22 @@ pub(crate) fn required_literals(table: &MatchTable) -> Option<Vec<Vec<u8>>> {
                 options.extend(literals);
             }
             ValueTest::Regex(regex) => {
-                if let Some(text) = plain_literal(regex.as_str()).filter(|t| is_verbatim_in_json(t))
-                {
-                    options.push(vec![text.as_bytes().to_vec()]);
-                }
+                let verbatim = regex_literals(regex.as_str(), false).filter(|set| {
+                    set.iter()
+                        .all(|literal| std::str::from_utf8(literal).is_ok_and(is_verbatim_in_json))
+                });
+                options.extend(verbatim);
             }
             ValueTest::Exists(_) => {}
         }
     }
     if let Some(body_regex) = &table.body_regex {
-        let alternatives: Option<Vec<Vec<u8>>> = body_regex
-            .pattern
-            .split('|')
-            .map(|part| plain_literal(part).map(|text| text.as_bytes().to_vec()))
-            .collect();
-        options.extend(alternatives);
+        options.extend(regex_literals(&body_regex.pattern, true));
     }
-    // The rarest option wins: longest shortest literal, then fewest literals.
-    options.into_iter().max_by(|a, b| {
-        let shortest = |set: &Vec<Vec<u8>>| set.iter().map(Vec::len).min().unwrap_or(0);
-        shortest(a)
-            .cmp(&shortest(b))
-            .then_with(|| b.len().cmp(&a.len()))
-    })
+    options
+        .into_iter()
+        .filter(|set| set.iter().all(|literal| literal.len() >= MIN_LITERAL_LEN))
+        .max_by(rarer)
 }
 
 #[cfg(test)]
@@ -362,14 +456,22 @@ mod tests {
 
     #[test]
     fn escaped_or_numeric_values_give_no_value_literal() {
-        let t = table(vec![("a", ValueTest::Equals(json!("x/y")))], None);
+        let t = table(vec![("ab", ValueTest::Equals(json!("x/y")))], None);
         assert_eq!(
             strings(required_literals(&t)),
-            Some(vec!["\"a\"".into()]),
+            Some(vec!["\"ab\"".into()]),
             "falls back to the key"
         );
+        let t = table(vec![("a", ValueTest::Equals(json!("x/y")))], None);
+        assert_eq!(required_literals(&t), None, "`\"a\"` is too short to help");
         let t = table(vec![("[0]", ValueTest::Equals(json!(5)))], None);
         assert_eq!(required_literals(&t), None);
+        let t = table(vec![("ok", ValueTest::Equals(json!(true)))], None);
+        assert_eq!(
+            strings(required_literals(&t)),
+            Some(vec!["true".into()]),
+            "`\"ok\"` and `true` tie, one literal each"
+        );
         let t = table(vec![("é", ValueTest::Exists(true))], None);
         assert_eq!(required_literals(&t), None);
         let t = table(vec![("error", ValueTest::Exists(false))], None);
@@ -377,33 +479,49 @@ mod tests {
     }
 
     #[test]
-    fn regexes_give_literals_only_when_plain() {
-        let t = table(
-            vec![(
-                "[0]",
-                ValueTest::Regex(build_regex("(?i)bad credentials").unwrap()),
-            )],
+    fn regexes_give_the_literals_every_match_contains() {
+        let literals = |pattern: &str| strings(required_literals(&table(vec![], Some(pattern))));
+        let json_literals = |pattern: &str| {
+            let test = ValueTest::Regex(build_regex(pattern).unwrap());
+            strings(required_literals(&table(vec![("[0]", test)], None)))
+        };
+        assert_eq!(
+            json_literals("(?i)bad credentials"),
             None,
-        );
-        assert_eq!(required_literals(&t), None);
-        let t = table(
-            vec![(
-                "[0]",
-                ValueTest::Regex(build_regex("Bad credentials").unwrap()),
-            )],
-            None,
+            "case-insensitive letters"
         );
         assert_eq!(
-            strings(required_literals(&t)),
-            Some(vec!["Bad credentials".into()])
+            json_literals("^Entity not found"),
+            Some(vec!["Entity not found".into()])
         );
-        let t = table(vec![], Some("Repository access blocked|Not Found"));
         assert_eq!(
-            strings(required_literals(&t)),
+            json_literals("^a/b path"),
+            None,
+            "`/` may be escaped in JSON"
+        );
+        assert_eq!(
+            json_literals(r"No message found with message\.uuid"),
+            Some(vec!["No message found with message.uuid".into()])
+        );
+        assert_eq!(
+            literals("Repository access blocked|Not Found"),
             Some(vec!["Repository access blocked".into(), "Not Found".into()])
         );
-        let t = table(vec![], Some("access (blocked|denied)"));
-        assert_eq!(required_literals(&t), None);
+        assert_eq!(
+            literals(r#"(?m)^\s*\{"type":\s*"result".*(No conversation found|gone for good)"#),
+            Some(vec!["No conversation found".into(), "gone for good".into()])
+        );
+        assert_eq!(
+            literals("access (blocked|denied)?"),
+            Some(vec!["access ".into()])
+        );
+        assert_eq!(
+            literals("(?i)rate limit|abuse"),
+            None,
+            "only spaces are literal"
+        );
+        assert_eq!(literals("x*|yy"), None, "a branch with no literal");
+        assert_eq!(literals("(token)+ (expired)*"), Some(vec!["token".into()]));
     }
 
     #[test]

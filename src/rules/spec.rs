@@ -184,15 +184,16 @@ impl SpecError {
     }
 }
 
-/// Parses one rule file. Returns what could be read plus every error found.
-pub fn parse_rule_file(text: &str) -> (RuleFileSpec, Vec<SpecError>) {
+/// Parses one rule file. Returns what could be read (`None` when the text is not TOML at all)
+/// plus every error found.
+pub fn parse_rule_file(text: &str) -> (Option<RuleFileSpec>, Vec<SpecError>) {
     let mut spec = RuleFileSpec::default();
     let mut errors = Vec::new();
     let document = match toml_edit::ImDocument::parse(text) {
         Ok(document) => document,
         Err(error) => {
-            errors.push(SpecError::new(error.span(), error.message().trim_end()));
-            return (spec, errors);
+            errors.push(SpecError::new(error.span(), one_line(error.message())));
+            return (None, errors);
         }
     };
     let root = document.as_table();
@@ -233,7 +234,17 @@ pub fn parse_rule_file(text: &str) -> (RuleFileSpec, Vec<SpecError>) {
             )),
         }
     }
-    (spec, errors)
+    (Some(spec), errors)
+}
+
+/// toml's messages put details on further lines; the caret excerpt needs one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// The tables under `[[rule]]` (or an inline array of tables), each as a standalone value that
@@ -284,7 +295,7 @@ fn tables_of(
 fn from_de_error(error: &toml_edit::de::Error, table_span: Range<usize>) -> SpecError {
     SpecError::new(
         Some(error.span().unwrap_or(table_span)),
-        error.message().trim_end(),
+        one_line(error.message()),
     )
 }
 
@@ -311,6 +322,7 @@ json = [{ path = "error", one_of = ["not_in_channel"] }]
 "#;
         let (spec, errors) = parse_rule_file(text);
         assert_eq!(errors, vec![]);
+        let spec = spec.unwrap();
         assert_eq!(spec.schema.as_ref().map(|s| *s.get_ref()), Some(1));
         assert_eq!(spec.guards.len(), 1);
         let rule = &spec.rules[0].spec;
@@ -338,7 +350,7 @@ description = "x"
 when = { status = [200] }
 "#;
         let (spec, errors) = parse_rule_file(text);
-        assert!(spec.rules.is_empty());
+        assert!(spec.unwrap().rules.is_empty());
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].message.contains("unknown field `staus`"));
         assert_eq!(&text[errors[0].span.clone().unwrap()], "staus");
@@ -348,9 +360,11 @@ when = { status = [200] }
 
     #[test]
     fn reports_toml_syntax_errors_with_a_span() {
-        let (_, errors) = parse_rule_file("schema = 1\n[[rule]\n");
+        let (spec, errors) = parse_rule_file("schema = 1\n[[rule]\n");
+        assert!(spec.is_none());
         assert_eq!(errors.len(), 1);
         assert!(errors[0].span.is_some());
+        assert!(!errors[0].message.contains('\n'), "{}", errors[0].message);
     }
 
     #[test]
