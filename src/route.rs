@@ -90,11 +90,11 @@ impl Route {
         }
         path.push_str(rest_and_query);
         let path_and_query = PathAndQuery::try_from(path)?;
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(path_and_query)
-            .build()?)
+            .build()
     }
 
     /// The upstream URL as configured, for logs and docs.

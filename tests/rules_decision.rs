@@ -163,7 +163,7 @@ fn priority_decides_and_shadow_rules_are_reported_alongside() {
         decision.reason.as_deref(),
         Some("The demo resource is gone.")
     );
-    assert_eq!(decision.shadow, vec!["demo.gone_shadow".into()]);
+    assert_eq!(decision.shadow, vec![std::sync::Arc::<str>::from("demo.gone_shadow")]);
     assert!(decision.body_inspected);
 
     let decision = case(r#"{"error":"gone_for_real"}"#).decision(&rules);
@@ -187,7 +187,7 @@ fn any_holding_unless_table_stops_a_rule() {
         decided_by(&decision),
         (Class::CredentialInvalid, Some("demo.gone_low"))
     );
-    assert_eq!(decision.shadow, vec!["demo.gone_shadow".into()]);
+    assert_eq!(decision.shadow, vec![std::sync::Arc::<str>::from("demo.gone_shadow")]);
 
     let dry_run = case(r#"{"error":"gone"}"#).request_header("x-demo-dry-run", "1");
     assert_eq!(

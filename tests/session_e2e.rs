@@ -37,12 +37,21 @@ fn slack_upstream() -> Handler {
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 json(200, json!({"ok": false, "error": "not_in_channel"}))
             }
-            _ => json(200, json!({"ok": true, "channel": CHANNEL, "ts": "1700000000.000100"})),
+            _ => json(
+                200,
+                json!({"ok": true, "channel": CHANNEL, "ts": "1700000000.000100"}),
+            ),
         }
     })
 }
 
-fn post_message(proxy: &TestProxy, session: &str, epoch: Option<u64>, mode: &str, token: &str) -> Request<haltgate::body::ProxyBody> {
+fn post_message(
+    proxy: &TestProxy,
+    session: &str,
+    epoch: Option<u64>,
+    mode: &str,
+    token: &str,
+) -> Request<haltgate::body::ProxyBody> {
     let mut builder = Request::post(format!(
         "http://{}/slack/api/chat.postMessage?mode={mode}",
         proxy.agent_addr()
@@ -54,7 +63,9 @@ fn post_message(proxy: &TestProxy, session: &str, epoch: Option<u64>, mode: &str
         builder = builder.header("x-haltgate-epoch", epoch.to_string());
     }
     builder
-        .body(body::full(json!({"channel": CHANNEL, "text": "hello"}).to_string()))
+        .body(body::full(
+            json!({"channel": CHANNEL, "text": "hello"}).to_string(),
+        ))
         .unwrap()
 }
 
@@ -71,7 +82,10 @@ async fn control(proxy: &TestProxy, method: &str, path: &str, body: Option<Value
     let response = client().request(request).await.unwrap();
     let status = response.status().as_u16();
     let bytes = read_body(response).await;
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn control_raw(proxy: &TestProxy, method: &str, path: &str, body: &str) -> u16 {
@@ -88,7 +102,11 @@ async fn send(request: Request<haltgate::body::ProxyBody>) -> (u16, http::Header
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = read_body(response).await;
-    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn slack_proxy(upstream: &Upstream, store: Option<String>) -> TestProxy {
@@ -130,7 +148,14 @@ async fn not_in_channel_closes_the_session_cancels_wakeups_and_halts_every_later
     }
 
     // Transient and look-alike answers change nothing.
-    let (status, _, _) = send(post_message(&proxy, "s1", None, "ratelimit", "xoxb-REDACTED")).await;
+    let (status, _, _) = send(post_message(
+        &proxy,
+        "s1",
+        None,
+        "ratelimit",
+        "xoxb-REDACTED",
+    ))
+    .await;
     assert_eq!(status, 429);
     let (status, _, body) = send(post_message(&proxy, "s1", None, "quote", "xoxb-REDACTED")).await;
     assert_eq!(status, 200);
@@ -141,7 +166,8 @@ async fn not_in_channel_closes_the_session_cancels_wakeups_and_halts_every_later
     assert_eq!(wakeups["wakeups"].as_array().unwrap().len(), 2);
 
     // The bot was kicked: the first occurrence halts.
-    let (status, headers, body) = send(post_message(&proxy, "s1", None, "kick", "xoxb-REDACTED")).await;
+    let (status, headers, body) =
+        send(post_message(&proxy, "s1", None, "kick", "xoxb-REDACTED")).await;
     assert_eq!(status, 410);
     assert_eq!(headers["x-haltgate-halt"], "lost_access");
     assert_eq!(headers["x-haltgate-rule"], "slack.not_in_channel");
@@ -172,7 +198,8 @@ async fn not_in_channel_closes_the_session_cancels_wakeups_and_halts_every_later
     // The next 1,000 calls of the session never reach Slack.
     let hits = upstream.hits();
     for _ in 0..1000 {
-        let (status, headers, _) = send(post_message(&proxy, "s1", None, "ok", "xoxb-REDACTED")).await;
+        let (status, headers, _) =
+            send(post_message(&proxy, "s1", None, "ok", "xoxb-REDACTED")).await;
         assert_eq!(status, 410);
         assert_eq!(headers["x-haltgate-halt"], "lost_access");
     }
@@ -182,13 +209,25 @@ async fn not_in_channel_closes_the_session_cancels_wakeups_and_halts_every_later
     let (status, _, _) = send(post_message(&proxy, "s2", None, "ok", "xoxb-REDACTED")).await;
     assert_eq!(status, 200);
     assert_eq!(upstream.hits(), hits + 1);
-    let (status, claimed) = control(&proxy, "POST", "/v1/wakeups/claim", Some(json!({"limit": 10}))).await;
+    let (status, claimed) = control(
+        &proxy,
+        "POST",
+        "/v1/wakeups/claim",
+        Some(json!({"limit": 10})),
+    )
+    .await;
     assert_eq!(status, 200);
     let claimed = claimed["wakeups"].as_array().unwrap().clone();
     assert_eq!(claimed.len(), 1, "{claimed:?}");
     assert_eq!(claimed[0]["session"], "s2");
     assert_eq!(claimed[0]["payload"], json!({"wake": "s2"}));
-    let (_, again) = control(&proxy, "POST", "/v1/wakeups/claim", Some(json!({"limit": 10}))).await;
+    let (_, again) = control(
+        &proxy,
+        "POST",
+        "/v1/wakeups/claim",
+        Some(json!({"limit": 10})),
+    )
+    .await;
     assert_eq!(again["wakeups"], json!([]));
 }
 
@@ -215,17 +254,35 @@ async fn a_stale_generation_cannot_close_a_reopened_session() {
     let upstream = start_upstream(slack_upstream()).await;
     let proxy = slack_proxy(&upstream, None).await;
     open_session(&proxy, "f1").await;
-    let (status, _) = control(&proxy, "POST", "/v1/sessions/f1/close", Some(json!({"reason": "rotate"}))).await;
+    let (status, _) = control(
+        &proxy,
+        "POST",
+        "/v1/sessions/f1/close",
+        Some(json!({"reason": "rotate"})),
+    )
+    .await;
     assert_eq!(status, 200);
     let record = open_session(&proxy, "f1").await;
     assert_eq!(record["epoch"], 1);
 
     // A request of epoch 1 is in flight while the platform rotates the session to epoch 2.
-    let in_flight = tokio::spawn(send(post_message(&proxy, "f1", Some(1), "slow_kick", "xoxb-REDACTED")));
+    let in_flight = tokio::spawn(send(post_message(
+        &proxy,
+        "f1",
+        Some(1),
+        "slow_kick",
+        "xoxb-REDACTED",
+    )));
     while upstream.hits() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (status, _) = control(&proxy, "POST", "/v1/sessions/f1/close", Some(json!({"reason": "rotate", "epoch": 1}))).await;
+    let (status, _) = control(
+        &proxy,
+        "POST",
+        "/v1/sessions/f1/close",
+        Some(json!({"reason": "rotate", "epoch": 1})),
+    )
+    .await;
     assert_eq!(status, 200);
     let record = open_session(&proxy, "f1").await;
     assert_eq!(record["epoch"], 2);
@@ -247,7 +304,14 @@ async fn a_stale_generation_cannot_close_a_reopened_session() {
 async fn an_invalid_credential_is_blocked_for_every_session_until_unblocked() {
     let upstream = start_upstream(slack_upstream()).await;
     let proxy = slack_proxy(&upstream, None).await;
-    let (status, headers, _) = send(post_message(&proxy, "c1", None, "invalid_auth", "xoxb-REVOKED")).await;
+    let (status, headers, _) = send(post_message(
+        &proxy,
+        "c1",
+        None,
+        "invalid_auth",
+        "xoxb-REVOKED",
+    ))
+    .await;
     assert_eq!(status, 410);
     assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
 
@@ -264,7 +328,13 @@ async fn an_invalid_credential_is_blocked_for_every_session_until_unblocked() {
     assert_eq!(listed.len(), 1);
     let fingerprint = listed[0]["fingerprint"].as_str().unwrap().to_owned();
     assert!(!fingerprint.contains("REVOKED"));
-    let (status, _) = control(&proxy, "DELETE", &format!("/v1/credentials/{fingerprint}"), None).await;
+    let (status, _) = control(
+        &proxy,
+        "DELETE",
+        &format!("/v1/credentials/{fingerprint}"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -296,7 +366,13 @@ async fn a_stale_mcp_session_resets_resume_and_passes_the_response_through() {
     flags.store = None;
     let proxy = start_proxy(flags).await;
     wait_ready(&proxy).await;
-    let (status, record) = control(&proxy, "PUT", "/v1/sessions/m1", Some(json!({"resume": "conv-123"}))).await;
+    let (status, record) = control(
+        &proxy,
+        "PUT",
+        "/v1/sessions/m1",
+        Some(json!({"resume": "conv-123"})),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(record["resume"], "conv-123");
 
@@ -305,7 +381,9 @@ async fn a_stale_mcp_session_resets_resume_and_passes_the_response_through() {
         .header("accept", "application/json, text/event-stream")
         .header("mcp-session-id", "stale-session-1")
         .header("x-haltgate-session", "m1")
-        .body(body::full(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#))
+        .body(body::full(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        ))
         .unwrap();
     let (status, headers, body) = send(request).await;
     assert_eq!(status, 404);
@@ -320,15 +398,51 @@ async fn a_stale_mcp_session_resets_resume_and_passes_the_response_through() {
 async fn the_control_api_rejects_bad_input_and_changes_nothing() {
     let upstream = start_upstream(slack_upstream()).await;
     let proxy = slack_proxy(&upstream, None).await;
-    assert_eq!(control_raw(&proxy, "PUT", "/v1/sessions/x1", "{not json").await, 400);
-    assert_eq!(control_raw(&proxy, "PUT", "/v1/sessions/x1", r#"{"scope": {}, "colour": 1}"#).await, 400);
-    assert_eq!(control_raw(&proxy, "PUT", "/v1/sessions/x1", r#"{"scope": [1]}"#).await, 400);
+    assert_eq!(
+        control_raw(&proxy, "PUT", "/v1/sessions/x1", "{not json").await,
+        400
+    );
+    assert_eq!(
+        control_raw(
+            &proxy,
+            "PUT",
+            "/v1/sessions/x1",
+            r#"{"scope": {}, "colour": 1}"#
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        control_raw(&proxy, "PUT", "/v1/sessions/x1", r#"{"scope": [1]}"#).await,
+        400
+    );
     let long = "a".repeat(300);
-    assert_eq!(control_raw(&proxy, "PUT", &format!("/v1/sessions/{long}"), "{}").await, 400);
-    assert_eq!(control_raw(&proxy, "POST", "/v1/sessions/x1/close", r#"{"why": "x"}"#).await, 400);
-    assert_eq!(control_raw(&proxy, "POST", "/v1/sessions/x1/wakeups", r#"{"due_ms": "soon"}"#).await, 400);
-    assert_eq!(control_raw(&proxy, "POST", "/v1/wakeups/claim", r#"{"limit": 0}"#).await, 400);
-    assert_eq!(control_raw(&proxy, "DELETE", "/v1/credentials/not-a-fingerprint", "").await, 400);
+    assert_eq!(
+        control_raw(&proxy, "PUT", &format!("/v1/sessions/{long}"), "{}").await,
+        400
+    );
+    assert_eq!(
+        control_raw(&proxy, "POST", "/v1/sessions/x1/close", r#"{"why": "x"}"#).await,
+        400
+    );
+    assert_eq!(
+        control_raw(
+            &proxy,
+            "POST",
+            "/v1/sessions/x1/wakeups",
+            r#"{"due_ms": "soon"}"#
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        control_raw(&proxy, "POST", "/v1/wakeups/claim", r#"{"limit": 0}"#).await,
+        400
+    );
+    assert_eq!(
+        control_raw(&proxy, "DELETE", "/v1/credentials/not-a-fingerprint", "").await,
+        400
+    );
     let (status, _) = control(&proxy, "GET", "/v1/sessions/x1", None).await;
     assert_eq!(status, 404, "nothing was created");
 
@@ -363,7 +477,10 @@ async fn a_closure_on_one_instance_short_circuits_on_another_sharing_redis() {
             if b.gate().closed().check(&session, None).is_some() {
                 break;
             }
-            assert!(closed_at.elapsed() < Duration::from_secs(5), "instance B never learned of {id}");
+            assert!(
+                closed_at.elapsed() < Duration::from_secs(5),
+                "instance B never learned of {id}"
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         delays.push(closed_at.elapsed());
@@ -378,7 +495,10 @@ async fn a_closure_on_one_instance_short_circuits_on_another_sharing_redis() {
     );
     let p50 = delays[trials / 2];
     let p99 = delays[trials * 99 / 100];
-    println!("cross-instance closure delay over {trials} trials: p50 {p50:?}, p99 {p99:?}, max {:?}", delays[trials - 1]);
+    println!(
+        "cross-instance closure delay over {trials} trials: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        delays[trials - 1]
+    );
     assert!(p99 <= Duration::from_millis(100), "p99 {p99:?}");
 
     // B short-circuits without calling upstream.
@@ -399,7 +519,8 @@ async fn a_closure_while_redis_is_down_halts_at_once_and_lands_when_redis_return
 
     redis.kill();
     let started = Instant::now();
-    let (status, headers, _) = send(post_message(&proxy, "d1", None, "kick", "xoxb-REDACTED")).await;
+    let (status, headers, _) =
+        send(post_message(&proxy, "d1", None, "kick", "xoxb-REDACTED")).await;
     assert_eq!(status, 410);
     assert_eq!(headers["x-haltgate-halt"], "lost_access");
     println!("halt while Redis is down took {:?}", started.elapsed());
@@ -420,7 +541,10 @@ async fn a_closure_while_redis_is_down_halts_at_once_and_lands_when_redis_return
             assert_eq!(record["class"], "lost_access");
             break;
         }
-        assert!(Instant::now() < deadline, "closure never reached Redis: {status} {record}");
+        assert!(
+            Instant::now() < deadline,
+            "closure never reached Redis: {status} {record}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(5);

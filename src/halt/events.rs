@@ -77,7 +77,7 @@ impl InspectEvents {
                 return;
             }
             let exchange = Exchange {
-                head: head.clone(),
+                head,
                 request_body,
                 response_body: ResponseBody::SseEvent(data),
                 // Scope rules target unary provider APIs; streams are decided without scope.

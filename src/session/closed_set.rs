@@ -351,7 +351,7 @@ impl ClosedSet {
             if mark
                 .last_closure
                 .as_ref()
-                .map_or(true, |known| closure.epoch > known.epoch)
+                .is_none_or(|known| closure.epoch > known.epoch)
             {
                 mark.last_closure = Some(closure);
             }

@@ -108,7 +108,7 @@ fn apply_option(
 
 fn parse_standalone(raw: &str) -> Result<StoreLocator, String> {
     let mut url = url::Url::parse(raw).map_err(|e| e.to_string())?;
-    if url.host_str().map_or(true, str::is_empty) {
+    if url.host_str().is_none_or(str::is_empty) {
         return Err("a host is required".into());
     }
     let mut options = RedisOptions::default();
@@ -172,7 +172,7 @@ fn parse_cluster(rest: &str) -> Result<StoreLocator, String> {
             None => format!("redis://{host}"),
         };
         let parsed = url::Url::parse(&node).map_err(|e| format!("node {host:?}: {e}"))?;
-        if parsed.host_str().map_or(true, str::is_empty) || parsed.port().is_none() {
+        if parsed.host_str().is_none_or(str::is_empty) || parsed.port().is_none() {
             return Err(format!("node {host:?} must be HOST:PORT"));
         }
         nodes.push(node);

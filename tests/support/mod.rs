@@ -253,7 +253,10 @@ pub async fn start_proxy(flags: Overrides) -> TestProxy {
 /// Starts a proxy whose default redb store and outbox live in `dir`.
 pub async fn start_proxy_in(mut flags: Overrides, dir: tempfile::TempDir) -> TestProxy {
     if flags.store.is_none() {
-        flags.store = Some(format!("redb:{}", dir.path().join("haltgate.redb").display()));
+        flags.store = Some(format!(
+            "redb:{}",
+            dir.path().join("haltgate.redb").display()
+        ));
     }
     if flags.outbox.is_none() {
         flags.outbox = Some(dir.path().join("outbox.redb"));
