@@ -49,7 +49,11 @@ impl SessionHooks for PrintAndHalt {
 
 /// Stands in for your own upstream client.
 async fn slack(request: Request<ProxyBody>) -> Result<Response<ProxyBody>, BoxError> {
-    let text = if request.uri().path().ends_with("auth.test") {
+    // Like a real client, send the whole request body; the layer keeps a copy of its start
+    // for rules that compare request fields.
+    let (parts, body) = request.into_parts();
+    body.collect().await?;
+    let text = if parts.uri.path().ends_with("auth.test") {
         r#"{"ok":true,"user":"agent"}"#
     } else {
         r#"{"ok":false,"error":"not_in_channel"}"#

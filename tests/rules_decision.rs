@@ -163,7 +163,10 @@ fn priority_decides_and_shadow_rules_are_reported_alongside() {
         decision.reason.as_deref(),
         Some("The demo resource is gone.")
     );
-    assert_eq!(decision.shadow, vec![std::sync::Arc::<str>::from("demo.gone_shadow")]);
+    assert_eq!(
+        decision.shadow,
+        vec![std::sync::Arc::<str>::from("demo.gone_shadow")]
+    );
     assert!(decision.body_inspected);
 
     let decision = case(r#"{"error":"gone_for_real"}"#).decision(&rules);
@@ -187,7 +190,10 @@ fn any_holding_unless_table_stops_a_rule() {
         decided_by(&decision),
         (Class::CredentialInvalid, Some("demo.gone_low"))
     );
-    assert_eq!(decision.shadow, vec![std::sync::Arc::<str>::from("demo.gone_shadow")]);
+    assert_eq!(
+        decision.shadow,
+        vec![std::sync::Arc::<str>::from("demo.gone_shadow")]
+    );
 
     let dry_run = case(r#"{"error":"gone"}"#).request_header("x-demo-dry-run", "1");
     assert_eq!(

@@ -104,6 +104,11 @@ async fn serve_request(
 
 /// Starts a plain-HTTP upstream answering every request with `handler`.
 pub async fn start_upstream(handler: Handler) -> Upstream {
+    serve_upstream(handler, None).await
+}
+
+/// Accepts connections (through TLS when `tls` is given) and serves `handler` on each.
+async fn serve_upstream(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -116,14 +121,25 @@ pub async fn start_upstream(handler: Handler) -> Upstream {
                 return;
             };
             c.fetch_add(1, Ordering::SeqCst);
-            let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
+            let (handler, hits, seen, tls) = (handler.clone(), h.clone(), s.clone(), tls.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     serve_request(req, handler.clone(), hits.clone(), seen.clone())
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let _ = match tls {
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        builder.serve_connection(TokioIo::new(tls), service).await
+                    }
+                };
             });
         }
     });
@@ -162,41 +178,9 @@ pub async fn start_tls_upstream(handler: Handler) -> Upstream {
         .unwrap();
     server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
-
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (h, s, c) = (hits.clone(), seen.clone(), connections.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            c.fetch_add(1, Ordering::SeqCst);
-            let (handler, hits, seen, acceptor) =
-                (handler.clone(), h.clone(), s.clone(), acceptor.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |req| {
-                    serve_request(req, handler.clone(), hits.clone(), seen.clone())
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    Upstream {
-        addr,
-        hits,
-        connections,
-        seen,
-        ca_pem: Some(ca_cert.pem()),
-    }
+    let mut upstream = serve_upstream(handler, Some(acceptor)).await;
+    upstream.ca_pem = Some(ca_cert.pem());
+    upstream
 }
 
 /// A port on which nothing listens.
