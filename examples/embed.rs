@@ -39,7 +39,7 @@ impl SessionHooks for PrintAndHalt {
         let halt = HaltResponse::rule_matched(
             &matched.decision.class.to_string(),
             matched.decision.rule.as_deref().unwrap_or("-"),
-            matched.session.as_ref().map(|s| &*s.id),
+            matched.session.as_ref().map(|s| s.id.as_str()),
             matched.session.as_ref().and_then(|s| s.epoch),
             matched.upstream_status,
         );

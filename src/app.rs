@@ -87,7 +87,7 @@ impl App {
             None
         };
         let gate = Arc::new(SessionGate::new(store, closed, outbox));
-        tasks.push(tokio::spawn(gate.clone().load_key(None)));
+        tasks.push(tokio::spawn(gate.clone().load_key()));
         let hooks: Arc<dyn SessionHooks> = Arc::new(gate.clone());
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -106,7 +106,7 @@ impl App {
         })?;
 
         let (trigger, signal) = shutdown::channel();
-        let readiness = Readiness::new(Some(gate.clone()));
+        let readiness = Readiness::new(gate.clone());
         let client = build_client(&config.upstream)?;
         let forward = Forward::new(
             client,
@@ -138,7 +138,7 @@ impl App {
         ));
         servers.spawn(crate::server::serve(
             control,
-            Control::new(readiness.clone(), Some(gate.clone()), stats.clone()),
+            Control::new(readiness.clone(), gate.clone(), stats.clone()),
             signal,
             config.shutdown_grace,
         ));

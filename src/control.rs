@@ -22,32 +22,33 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_service::Service;
 
-use crate::body::{self, BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody};
 use crate::halt::HaltStats;
 use crate::session::{
-    close_or_enqueue, AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure,
-    CredentialBlock, Fingerprint, OpenSpec, SessionId, SessionRecord, StoreError,
+    AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure, CredentialBlock, Fingerprint,
+    OpenSpec, SessionId, SessionRecord, StoreError,
 };
 use crate::session_gate::SessionGate;
+use crate::synthetic::json_response;
 
 /// Largest JSON body the control API reads.
 const MAX_CONTROL_BODY: usize = 1024 * 1024;
 
 /// Whether this instance should receive traffic.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Readiness {
     serving: Arc<AtomicBool>,
-    gate: Option<Arc<SessionGate>>,
+    gate: Arc<SessionGate>,
 }
 
 impl Readiness {
-    pub fn new(gate: Option<Arc<SessionGate>>) -> Self {
+    pub fn new(gate: Arc<SessionGate>) -> Self {
         Self {
             serving: Arc::default(),
             gate,
@@ -59,7 +60,7 @@ impl Readiness {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.serving.load(Ordering::Acquire) && self.gate.as_ref().is_none_or(|g| g.is_ready())
+        self.serving.load(Ordering::Acquire) && self.gate.is_ready()
     }
 }
 
@@ -67,16 +68,12 @@ impl Readiness {
 #[derive(Clone)]
 pub struct Control {
     readiness: Readiness,
-    gate: Option<Arc<SessionGate>>,
+    gate: Arc<SessionGate>,
     stats: Arc<HaltStats>,
 }
 
 impl Control {
-    pub fn new(
-        readiness: Readiness,
-        gate: Option<Arc<SessionGate>>,
-        stats: Arc<HaltStats>,
-    ) -> Self {
+    pub fn new(readiness: Readiness, gate: Arc<SessionGate>, stats: Arc<HaltStats>) -> Self {
         Self {
             readiness,
             gate,
@@ -197,19 +194,14 @@ impl Control {
             }),
             (&Method::GET, ["v1", "stats"]) => {
                 let mut stats = self.stats.to_json();
-                if let Some(gate) = &self.gate {
-                    stats["closed_sessions"] = json!(gate.closed().closed_count());
-                    if let Some(outbox) = gate.outbox() {
-                        stats["outbox_pending"] = json!(outbox.len().await.ok());
-                    }
+                stats["closed_sessions"] = json!(self.gate.closed().closed_count());
+                if let Some(outbox) = self.gate.outbox() {
+                    stats["outbox_pending"] = json!(outbox.len().await.ok());
                 }
                 Ok(json_response(StatusCode::OK, stats))
             }
             (_, ["v1", ..]) => {
-                let gate = self.gate.as_ref().ok_or_else(|| {
-                    Problem::new(StatusCode::NOT_FOUND, "no session store is configured")
-                })?;
-                sessions_api(gate, &method, &segments[1..], request.into_body()).await
+                sessions_api(&self.gate, &method, &segments[1..], request.into_body()).await
             }
             _ => Err(Problem::new(
                 StatusCode::NOT_FOUND,
@@ -268,23 +260,12 @@ where
             if let Some(epoch) = body.epoch {
                 closure = closure.at_epoch(epoch);
             }
-            let disposition = match gate.outbox() {
-                Some(outbox) => close_or_enqueue(&**store, outbox, &id, closure.clone()).await?,
-                None => CloseDisposition::Stored(store.close(&id, closure.clone()).await?),
-            };
-            match disposition {
-                CloseDisposition::Stored(outcome) => {
-                    gate.closed().record_outcome(&id, &outcome);
-                    Ok(close_response(&outcome))
-                }
-                CloseDisposition::Queued { entry, cause } => {
-                    let epoch = gate.closed().epoch_for(&id, body.epoch);
-                    gate.closed().insert_closure(&id, epoch, &closure);
-                    Ok(json_response(
-                        StatusCode::ACCEPTED,
-                        json!({"outcome": "queued", "outbox_entry": entry, "cause": cause.to_string()}),
-                    ))
-                }
+            match gate.store_closure(&id, closure).await? {
+                CloseDisposition::Stored(outcome) => Ok(close_response(&outcome)),
+                CloseDisposition::Queued { entry, cause } => Ok(json_response(
+                    StatusCode::ACCEPTED,
+                    json!({"outcome": "queued", "outbox_entry": entry, "cause": cause.to_string()}),
+                )),
             }
         }
         (&Method::POST, ["sessions", id, "wakeups"]) => {
@@ -458,14 +439,4 @@ fn credential_json(block: &CredentialBlock) -> Value {
         "reason": block.reason,
         "blocked_at": block.blocked_at_ms,
     })
-}
-
-pub fn json_response(status: StatusCode, value: Value) -> Response<ProxyBody> {
-    let mut response = Response::new(body::full(value.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }

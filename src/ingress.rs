@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
-use http::{header, Method, Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::forward::{ForwardError, ForwardErrorKind};
 use crate::route::RouteTable;
+use crate::rules::is_event_stream;
 use crate::shutdown::{EndOnShutdown, ShutdownSignal};
 use crate::synthetic::SyntheticResponse;
 
@@ -157,12 +158,7 @@ fn end_streams_on_shutdown(
     response: Response<ProxyBody>,
     shutdown: &ShutdownSignal,
 ) -> Response<ProxyBody> {
-    let is_event_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
-    if !is_event_stream {
+    if !is_event_stream(response.headers()) {
         return response;
     }
     let (parts, inner) = response.into_parts();

@@ -17,10 +17,11 @@ use crate::halt::{
 use crate::rules::Class;
 use crate::session::{
     close_or_enqueue, CloseClass, CloseDisposition, ClosedSet, Closure, CredentialBlock,
-    CredentialKey, Fingerprint, Outbox, SessionId, SessionStore,
+    CredentialKey, Fingerprint, Outbox, SessionId, SessionStore, StoreError,
 };
 
-/// The session state one proxy instance acts through.
+/// The session state one proxy instance acts through, shared by the halt layer and the
+/// control API.
 pub struct SessionGate {
     store: Arc<dyn SessionStore>,
     closed: Arc<ClosedSet>,
@@ -61,32 +62,20 @@ impl SessionGate {
         self.closed.is_ready() && self.key.get().is_some()
     }
 
-    pub fn set_key(&self, key: CredentialKey) {
-        let _ = self.key.set(key);
-    }
-
-    /// Reads the deployment secret until the store answers, unless one was configured.
-    pub async fn load_key(self: Arc<Self>, configured: Option<Vec<u8>>) {
-        if let Some(secret) = configured {
-            match CredentialKey::new(&secret) {
-                Ok(key) => self.set_key(key),
-                Err(error) => tracing::error!(%error, "Configured credential secret rejected."),
-            }
-            return;
-        }
+    /// Reads the deployment secret, retrying until the store answers.
+    pub async fn load_key(self: Arc<Self>) {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.store.deployment_secret().await {
-                Ok(secret) => match CredentialKey::new(&secret) {
-                    Ok(key) => {
-                        self.set_key(key);
-                        return;
+                Ok(secret) => {
+                    match CredentialKey::new(&secret) {
+                        Ok(key) => {
+                            let _ = self.key.set(key);
+                        }
+                        Err(error) => tracing::error!(%error, "Stored credential secret rejected."),
                     }
-                    Err(error) => {
-                        tracing::error!(%error, "Stored credential secret rejected.");
-                        return;
-                    }
-                },
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "Cannot read the deployment secret yet; retrying.");
                     tokio::time::sleep(delay).await;
@@ -105,22 +94,26 @@ impl SessionGate {
         Some(key.fingerprint(raw.as_bytes()))
     }
 
-    async fn close(&self, id: &SessionId, closure: Closure) {
-        let result = match &self.outbox {
-            Some(outbox) => close_or_enqueue(&*self.store, outbox, id, closure).await,
-            None => self
-                .store
-                .close(id, closure)
-                .await
-                .map(CloseDisposition::Stored),
+    /// Writes a closure to the store (or, when a Redis store is unreachable, to the outbox)
+    /// and applies what the store answered to the closed set. Input the store rejects is an
+    /// error and changes nothing.
+    pub async fn store_closure(
+        &self,
+        id: &SessionId,
+        closure: Closure,
+    ) -> Result<CloseDisposition, StoreError> {
+        let disposition = match &self.outbox {
+            Some(outbox) => close_or_enqueue(&*self.store, outbox, id, closure.clone()).await?,
+            None => CloseDisposition::Stored(self.store.close(id, closure.clone()).await?),
         };
-        match result {
-            Ok(CloseDisposition::Stored(outcome)) => self.closed.record_outcome(id, &outcome),
-            Ok(CloseDisposition::Queued { .. }) => {}
-            Err(error) => {
-                tracing::error!(session = %id, %error, "Closure could not be stored; the session stays halted on this instance.")
+        match &disposition {
+            CloseDisposition::Stored(outcome) => self.closed.record_outcome(id, outcome),
+            CloseDisposition::Queued { .. } => {
+                let epoch = self.closed.epoch_for(id, closure.epoch);
+                self.closed.insert_closure(id, epoch, &closure);
             }
         }
+        Ok(disposition)
     }
 
     async fn block(&self, block: CredentialBlock) {
@@ -129,115 +122,62 @@ impl SessionGate {
             tracing::error!(%error, "Credential block could not be stored; it holds on this instance.");
         }
     }
-}
 
-/// The gate is shared: the halt layer and the control API hold the same one.
-impl SessionHooks for Arc<SessionGate> {
-    fn before_forward(&self, request: &RequestInfo<'_>) -> Option<HaltResponse> {
-        let session = request
-            .session
-            .and_then(|s| SessionId::parse(&s.id).ok().map(|id| (id, s.epoch)));
-        if let Some((id, epoch)) = &session {
-            if let Some(entry) = self.closed.check(id, *epoch) {
-                return Some(HaltResponse::session_closed(
-                    entry.class.as_str(),
-                    &entry.rule,
-                    id.as_str(),
-                    entry.epoch,
-                ));
-            }
-        }
-        if self.closed.tracks_credentials() {
-            if let Some(fingerprint) = self.fingerprint(request.headers) {
-                if let Some(block) = self.closed.blocked(&fingerprint) {
-                    return Some(HaltResponse::credential_blocked(
-                        &block.rule,
-                        session.as_ref().map(|(id, _)| id.as_str()),
-                        session.as_ref().and_then(|(_, epoch)| *epoch),
-                    ));
-                }
-            }
-        }
-        None
-    }
-
-    fn scope(&self, session: &SessionHeader) -> BoxFuture<'static, Option<serde_json::Value>> {
-        let store = self.store.clone();
-        let id = SessionId::parse(&session.id).ok();
-        Box::pin(async move {
-            let id = id?;
-            match store.get(&id).await {
-                Ok(record) => record.and_then(|r| r.scope),
-                Err(error) => {
-                    // Without the scope, scope rules do not hold: the response passes.
-                    tracing::warn!(session = %id, %error, "Session scope unavailable.");
-                    None
-                }
-            }
-        })
-    }
-
-    fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome> {
-        let gate = self.clone();
-        Box::pin(async move { gate.act(matched).await })
-    }
-}
-
-impl SessionGate {
     async fn act(&self, matched: Matched) -> Outcome {
         let decision = &matched.decision;
         let rule = decision.rule.as_deref().unwrap_or("unnamed").to_owned();
+        let session = matched.session.as_ref();
+        let class = match decision.class {
+            Class::Pass => return Outcome::Forward { action: None },
+            Class::StaleSession => {
+                let Some(session) = session else {
+                    return Outcome::Forward { action: None };
+                };
+                match self
+                    .store
+                    .reset_resume(&session.id, session.epoch, &rule)
+                    .await
+                {
+                    Ok(changed) => {
+                        tracing::info!(session = %session.id, rule = %rule, changed, "Resume id reset.")
+                    }
+                    Err(error) => {
+                        tracing::error!(session = %session.id, %error, "Resume id could not be reset.")
+                    }
+                }
+                return Outcome::Forward {
+                    action: Some("reset"),
+                };
+            }
+            Class::LostAccess => CloseClass::LostAccess,
+            Class::CredentialInvalid => CloseClass::CredentialInvalid,
+        };
         let reason = decision
             .reason
             .as_deref()
             .unwrap_or("Access was lost.")
             .to_owned();
-        let session = matched
-            .session
-            .as_ref()
-            .and_then(|s| SessionId::parse(&s.id).ok().map(|id| (id, s.epoch)));
-        let class = match decision.class {
-            Class::Pass => return Outcome::Forward { action: None },
-            Class::StaleSession => {
-                if let Some((id, epoch)) = &session {
-                    match self.store.reset_resume(id, *epoch, &rule).await {
-                        Ok(changed) => {
-                            tracing::info!(session = %id, rule = %rule, changed, "Resume id reset.")
-                        }
-                        Err(error) => {
-                            tracing::error!(session = %id, %error, "Resume id could not be reset.")
-                        }
-                    }
-                    return Outcome::Forward {
-                        action: Some("reset"),
-                    };
-                }
-                return Outcome::Forward { action: None };
-            }
-            Class::LostAccess => CloseClass::LostAccess,
-            Class::CredentialInvalid => CloseClass::CredentialInvalid,
-        };
 
         if class == CloseClass::CredentialInvalid {
-            if let Some(raw) = &matched.credential {
-                match self.key.get() {
-                    Some(key) => {
-                        let block = CredentialBlock::new(
-                            key.fingerprint(raw.as_bytes()),
-                            class.clone(),
-                            rule.clone(),
-                            reason.clone(),
-                        );
-                        self.block(block).await;
-                    }
-                    None => tracing::warn!(
-                        "Credential not blocked: the deployment secret is not loaded yet."
-                    ),
+            match (&matched.credential, self.key.get()) {
+                (Some(raw), Some(key)) => {
+                    let fingerprint = key.fingerprint(raw.as_bytes());
+                    let block = CredentialBlock::new(
+                        fingerprint,
+                        class.clone(),
+                        rule.clone(),
+                        reason.clone(),
+                    );
+                    self.block(block).await;
                 }
+                (Some(_), None) => tracing::warn!(
+                    "Credential not blocked: the deployment secret is not loaded yet."
+                ),
+                (None, _) => {}
             }
         }
 
-        let Some((id, epoch)) = session else {
+        let Some(SessionHeader { id, epoch }) = session else {
             if class == CloseClass::CredentialInvalid && matched.credential.is_some() {
                 return Outcome::Halt(HaltResponse::rule_matched(
                     class.as_str(),
@@ -254,17 +194,69 @@ impl SessionGate {
             .with_detail(matched.detail)
             .with_upstream_status(matched.upstream_status);
         if let Some(epoch) = epoch {
-            closure = closure.at_epoch(epoch);
+            closure = closure.at_epoch(*epoch);
         }
-        let local_epoch = self.closed.epoch_for(&id, epoch);
-        self.closed.insert_closure(&id, local_epoch, &closure);
-        self.close(&id, closure).await;
+        // Halt on the first occurrence: the local set knows before the store answers.
+        let local_epoch = self.closed.epoch_for(id, *epoch);
+        self.closed.insert_closure(id, local_epoch, &closure);
+        if let Err(error) = self.store_closure(id, closure).await {
+            tracing::error!(session = %id, %error, "Closure could not be stored; the session stays halted on this instance.");
+        }
         Outcome::Halt(HaltResponse::rule_matched(
             class.as_str(),
             &rule,
             Some(id.as_str()),
-            Some(epoch.unwrap_or(local_epoch)),
+            Some(local_epoch),
             matched.upstream_status,
         ))
+    }
+}
+
+/// The gate is shared: the halt layer and the control API hold the same one.
+impl SessionHooks for Arc<SessionGate> {
+    fn before_forward(&self, request: &RequestInfo<'_>) -> Option<HaltResponse> {
+        if let Some(session) = request.session {
+            if let Some(entry) = self.closed.check(&session.id, session.epoch) {
+                return Some(HaltResponse::session_closed(
+                    entry.class.as_str(),
+                    &entry.rule,
+                    session.id.as_str(),
+                    entry.epoch,
+                ));
+            }
+        }
+        if self.closed.tracks_credentials() {
+            if let Some(fingerprint) = self.fingerprint(request.headers) {
+                if let Some(block) = self.closed.blocked(&fingerprint) {
+                    return Some(HaltResponse::credential_blocked(
+                        &block.rule,
+                        request.session.map(|s| s.id.as_str()),
+                        request.session.and_then(|s| s.epoch),
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    fn scope(&self, session: &SessionHeader) -> BoxFuture<'static, Option<serde_json::Value>> {
+        let store = self.store.clone();
+        let id = session.id.clone();
+        Box::pin(async move {
+            match store.get(&id).await {
+                Ok(record) => record.and_then(|r| r.scope),
+                Err(error) => {
+                    // Without the scope, scope rules do not hold; rules for unscoped sessions
+                    // may still decide.
+                    tracing::warn!(session = %id, %error, "Session scope unavailable.");
+                    None
+                }
+            }
+        })
+    }
+
+    fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome> {
+        let gate = self.clone();
+        Box::pin(async move { gate.act(matched).await })
     }
 }

@@ -88,14 +88,22 @@ impl SyntheticResponse {
 
     pub fn into_response(self) -> Response<ProxyBody> {
         let body = json!({ "error": { "kind": self.kind, "message": self.message } });
-        let mut response = Response::new(body::full(body.to_string()));
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(X_HALTGATE_ERROR, HeaderValue::from_static(self.kind));
+        let mut response = json_response(self.status, body);
+        response
+            .headers_mut()
+            .insert(X_HALTGATE_ERROR, HeaderValue::from_static(self.kind));
         response
     }
+}
+
+/// A response with `status` and `value` as its JSON body: every answer the proxy writes
+/// itself is built here.
+pub fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }

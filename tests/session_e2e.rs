@@ -15,32 +15,40 @@ const CHANNEL: &str = "C0123ABCD";
 
 /// A Slack stand-in: `?mode=` picks the answer of chat.postMessage.
 fn slack_upstream() -> Handler {
-    handler(|seen: Seen| async move {
-        let query = seen.uri.query().unwrap_or("");
-        let mode = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("mode="))
-            .unwrap_or("ok");
-        match mode {
-            "kick" => json(200, json!({"ok": false, "error": "not_in_channel"})),
-            "invalid_auth" => json(200, json!({"ok": false, "error": "invalid_auth"})),
-            "ratelimit" => {
-                let mut r = json(429, json!({"ok": false, "error": "ratelimited"}));
-                r.headers_mut().insert("retry-after", "30".parse().unwrap());
-                r
+    slack_upstream_held(tokio::sync::watch::channel(true).1)
+}
+
+/// As [`slack_upstream`]; `held_kick` answers `not_in_channel` once `release` turns true.
+fn slack_upstream_held(release: tokio::sync::watch::Receiver<bool>) -> Handler {
+    handler(move |seen: Seen| {
+        let mut release = release.clone();
+        async move {
+            let query = seen.uri.query().unwrap_or("");
+            let mode = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("mode="))
+                .unwrap_or("ok");
+            match mode {
+                "kick" => json(200, json!({"ok": false, "error": "not_in_channel"})),
+                "invalid_auth" => json(200, json!({"ok": false, "error": "invalid_auth"})),
+                "ratelimit" => {
+                    let mut r = json(429, json!({"ok": false, "error": "ratelimited"}));
+                    r.headers_mut().insert("retry-after", "30".parse().unwrap());
+                    r
+                }
+                "quote" => json(
+                    200,
+                    json!({"ok": true, "channel": CHANNEL, "message": {"text": "bot said not_in_channel earlier"}}),
+                ),
+                "held_kick" => {
+                    let _ = release.wait_for(|released| *released).await;
+                    json(200, json!({"ok": false, "error": "not_in_channel"}))
+                }
+                _ => json(
+                    200,
+                    json!({"ok": true, "channel": CHANNEL, "ts": "1700000000.000100"}),
+                ),
             }
-            "quote" => json(
-                200,
-                json!({"ok": true, "channel": CHANNEL, "message": {"text": "bot said not_in_channel earlier"}}),
-            ),
-            "slow_kick" => {
-                tokio::time::sleep(Duration::from_millis(400)).await;
-                json(200, json!({"ok": false, "error": "not_in_channel"}))
-            }
-            _ => json(
-                200,
-                json!({"ok": true, "channel": CHANNEL, "ts": "1700000000.000100"}),
-            ),
         }
     })
 }
@@ -251,7 +259,8 @@ async fn a_closure_holds_across_a_restart() {
 
 #[tokio::test]
 async fn a_stale_generation_cannot_close_a_reopened_session() {
-    let upstream = start_upstream(slack_upstream()).await;
+    let (release, held) = tokio::sync::watch::channel(false);
+    let upstream = start_upstream(slack_upstream_held(held)).await;
     let proxy = slack_proxy(&upstream, None).await;
     open_session(&proxy, "f1").await;
     let (status, _) = control(
@@ -270,7 +279,7 @@ async fn a_stale_generation_cannot_close_a_reopened_session() {
         &proxy,
         "f1",
         Some(1),
-        "slow_kick",
+        "held_kick",
         "xoxb-REDACTED",
     )));
     while upstream.hits() == 0 {
@@ -286,6 +295,8 @@ async fn a_stale_generation_cannot_close_a_reopened_session() {
     assert_eq!(status, 200);
     let record = open_session(&proxy, "f1").await;
     assert_eq!(record["epoch"], 2);
+    // Only now does the epoch-1 request get its lost-access answer.
+    release.send_replace(true);
     let (status, _, _) = in_flight.await.unwrap();
     assert_eq!(status, 410, "the stale request itself still halts");
 
@@ -551,5 +562,66 @@ async fn a_closure_while_redis_is_down_halts_at_once_and_lands_when_redis_return
     while proxy.gate().outbox().unwrap().len().await.unwrap() != 0 {
         assert!(Instant::now() < deadline, "outbox not drained");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stale_resume_inside_an_event_stream_resets_resume_and_streams_on() {
+    let case: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/rules/tests/anthropic/resume_session_not_found_sse.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let stream = case["response"]["body"].as_str().unwrap().to_owned();
+    let sent = stream.clone();
+    let upstream = start_upstream(handler(move |_seen: Seen| {
+        let sent = sent.clone();
+        async move {
+            let mut r = http::Response::new(body::full(sent));
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        }
+    }))
+    .await;
+    let proxy = start_proxy(proxy_flags(&[("anthropic", upstream.http_url())])).await;
+    wait_ready(&proxy).await;
+    let (status, _) = control(
+        &proxy,
+        "PUT",
+        "/v1/sessions/a1",
+        Some(json!({"resume": "3f6d2a9e-8b41-4c7a-9e15-0d2c7b4a6e83"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let request = Request::post(format!("http://{}/anthropic/v1/query", proxy.agent_addr()))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-ant-REDACTED")
+        .header("x-haltgate-session", "a1")
+        .body(body::full(
+            case["request"]["body"].as_str().unwrap().to_owned(),
+        ))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        read_body(response).await,
+        stream.as_bytes(),
+        "the stream reaches the agent intact"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, record) = control(&proxy, "GET", "/v1/sessions/a1", None).await;
+        assert_eq!(record["status"], "open");
+        if record["resume"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "resume never reset: {record}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -1,5 +1,5 @@
-//! Bodies the halt layer builds: a request body that keeps a copy of its first bytes, a response
-//! body that replays what inspection already read, and an event stream inspected as it flows.
+//! Bodies the halt layer builds: a request body that keeps a copy of its first bytes, and a
+//! response body that replays what inspection already read.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -16,8 +16,9 @@ use crate::body::{BoxError, ProxyBody};
 pub struct CapturedPrefix(Arc<Mutex<BytesMut>>);
 
 impl CapturedPrefix {
-    pub fn bytes(&self) -> Bytes {
-        self.0.lock().expect("capture lock").clone().freeze()
+    /// What was captured so far, taken out without copying.
+    pub fn take(&self) -> Bytes {
+        std::mem::take(&mut *self.0.lock().expect("capture lock")).freeze()
     }
 }
 
@@ -135,121 +136,5 @@ impl Body for Replay {
                 out
             }
         }
-    }
-}
-
-/// Splits a byte stream into server-sent events and yields each event's `data` (its data
-/// lines joined by `\n`), as the WHATWG event-stream format defines. Events larger than
-/// `limit` are skipped whole, so one oversized event cannot grow the buffer without bound.
-#[derive(Debug)]
-pub struct EventSplitter {
-    pending: BytesMut,
-    data: BytesMut,
-    has_data: bool,
-    oversized: bool,
-    limit: usize,
-}
-
-impl EventSplitter {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            pending: BytesMut::new(),
-            data: BytesMut::new(),
-            has_data: false,
-            oversized: false,
-            limit,
-        }
-    }
-
-    /// Feeds a chunk; calls `on_event` for each complete event's data.
-    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&[u8])) {
-        self.pending.extend_from_slice(chunk);
-        while let Some(end) = self.pending.iter().position(|&b| b == b'\n' || b == b'\r') {
-            let terminator = self.pending[end];
-            // A CR at the very end may be the first half of a CRLF: wait for the next chunk.
-            if terminator == b'\r' && end + 1 == self.pending.len() {
-                break;
-            }
-            let mut line = self.pending.split_to(end + 1);
-            line.truncate(end);
-            if terminator == b'\r' && self.pending.first() == Some(&b'\n') {
-                let _ = self.pending.split_to(1);
-            }
-            self.line(&line, &mut on_event);
-        }
-        if self.pending.len() > self.limit {
-            self.pending.clear();
-            self.oversized = true;
-        }
-    }
-
-    fn line(&mut self, line: &[u8], on_event: &mut impl FnMut(&[u8])) {
-        if line.is_empty() {
-            if self.has_data && !self.oversized {
-                on_event(&self.data);
-            }
-            self.data.clear();
-            self.has_data = false;
-            self.oversized = false;
-            return;
-        }
-        if let Some(value) = line.strip_prefix(b"data") {
-            let value = match value.first() {
-                None => &[][..],
-                Some(b':') => value[1..].strip_prefix(b" ").unwrap_or(&value[1..]),
-                // "database: x" is a field named "database", not data.
-                Some(_) => return,
-            };
-            if self.has_data {
-                self.data.extend_from_slice(b"\n");
-            }
-            self.data.extend_from_slice(value);
-            self.has_data = true;
-            if self.data.len() > self.limit {
-                self.data.clear();
-                self.oversized = true;
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn events(chunks: &[&[u8]]) -> Vec<String> {
-        let mut splitter = EventSplitter::new(1024);
-        let mut out = Vec::new();
-        for chunk in chunks {
-            splitter.feed(chunk, |data| {
-                out.push(String::from_utf8_lossy(data).into_owned())
-            });
-        }
-        out
-    }
-
-    #[test]
-    fn splits_events_across_chunks_and_line_endings() {
-        assert_eq!(events(&[b"data: {\"a\":1}\n\n"]), vec!["{\"a\":1}"]);
-        assert_eq!(events(&[b"data: a\r", b"\ndata: b\r\n\r\n"]), vec!["a\nb"]);
-        assert_eq!(
-            events(&[b"event: x\nid: 1\ndata:x\r\rdata: y\n", b"\n"]),
-            vec!["x", "y"]
-        );
-        assert_eq!(
-            events(&[b": comment\n\n", b"retry: 5\n\n"]),
-            Vec::<String>::new()
-        );
-        assert_eq!(events(&[b"database: 1\ndata\n\n"]), vec![""]);
-    }
-
-    #[test]
-    fn skips_oversized_events_whole() {
-        let mut splitter = EventSplitter::new(8);
-        let mut out = Vec::new();
-        splitter.feed(b"data: 0123456789abcdef\n\ndata: ok\n\n", |d| {
-            out.push(d.to_vec())
-        });
-        assert_eq!(out, vec![b"ok".to_vec()]);
     }
 }

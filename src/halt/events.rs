@@ -10,21 +10,22 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
-use super::body::EventSplitter;
 use super::hooks::Outcome;
 use super::service::{act, excerpt, note_shadow, RequestSnapshot, Shared};
 use crate::body::{BoxError, ProxyBody};
-use crate::rules::{Class, Decision, Exchange, ExchangeHead, ResponseBody, Scope, Verdict};
+use crate::rules::{
+    Class, Decision, Exchange, ExchangeHead, ResponseBody, Scope, SseStream, Verdict,
+};
 
 /// An event stream passed through untouched, with each event classified. When an event
 /// decides `lost_access` or `credential_invalid` and the hooks halt, the stream ends with a
 /// final `haltgate.halt` event; a `stale_session` event lets the stream go on.
 pub struct InspectEvents {
     inner: Option<ProxyBody>,
-    splitter: EventSplitter,
+    splitter: SseStream,
     status: StatusCode,
     response_headers: HeaderMap,
-    request: Arc<RequestSnapshot>,
+    request: RequestSnapshot,
     request_body: Bytes,
     shared: Arc<Shared>,
     /// The hooks acting on a match; the stream waits for them before going on.
@@ -45,10 +46,10 @@ impl InspectEvents {
         let limit = shared.rules.load().max_body_bytes();
         Self {
             inner: Some(inner),
-            splitter: EventSplitter::new(limit),
+            splitter: SseStream::new(limit),
             status,
             response_headers,
-            request: Arc::new(request),
+            request,
             request_body,
             shared,
             acting: None,
@@ -121,12 +122,14 @@ impl Body for InspectEvents {
         if let Some(Ok(frame)) = &polled {
             if let Some(data) = frame.data_ref() {
                 if let Some((decision, detail)) = this.classify_chunk(data) {
-                    let request = this.request.clone();
-                    let shared = this.shared.clone();
                     let status = this.status.as_u16();
-                    this.acting = Some(Box::pin(async move {
-                        act(decision, &request, status, detail, &shared).await
-                    }));
+                    this.acting = Some(Box::pin(act(
+                        decision,
+                        &this.request,
+                        status,
+                        detail,
+                        &this.shared,
+                    )));
                 }
             }
         }

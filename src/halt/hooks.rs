@@ -12,13 +12,14 @@ use http::HeaderMap;
 
 use super::response::HaltResponse;
 use crate::rules::Decision;
+use crate::session::SessionId;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The session a request belongs to, from `x-haltgate-session` and `x-haltgate-epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionHeader {
-    pub id: Arc<str>,
+    pub id: SessionId,
     /// Generation the agent acts in; `None` means "the current one".
     pub epoch: Option<u64>,
 }
@@ -63,7 +64,8 @@ pub trait SessionHooks: Send + Sync + 'static {
     /// session's scope, or `None` when it has none (then scope comparisons do not hold).
     fn scope(&self, session: &SessionHeader) -> BoxFuture<'static, Option<serde_json::Value>>;
 
-    /// Runs once per response that an `enforce` rule matched. `lost_access` and
+    /// Runs once per response that an `enforce` rule matched, in a task of its own: it
+    /// completes even if the agent disconnects. `lost_access` and
     /// `credential_invalid` normally close the session and halt; `stale_session` clears the
     /// resume id and forwards with `x-haltgate-action: reset`.
     fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome>;
@@ -87,7 +89,7 @@ impl SessionHooks for LogOnly {
             provider = %matched.provider,
             class = %matched.decision.class,
             rule = matched.decision.rule.as_deref().unwrap_or("-"),
-            session = matched.session.as_ref().map(|s| &*s.id).unwrap_or("-"),
+            session = matched.session.as_ref().map(|s| s.id.as_str()).unwrap_or("-"),
             upstream_status = matched.upstream_status,
             "Rule matched; no session state is attached, so the response goes through."
         );

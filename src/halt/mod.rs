@@ -45,7 +45,6 @@ mod response;
 mod service;
 mod stats;
 
-pub use body::EventSplitter;
 pub use hooks::{BoxFuture, LogOnly, Matched, Outcome, RequestInfo, SessionHeader, SessionHooks};
 pub use layer::HaltLayer;
 pub use response::{

@@ -4,7 +4,8 @@
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
-use crate::body::{self, ProxyBody};
+use crate::body::ProxyBody;
+use crate::synthetic::json_response;
 
 /// `x-haltgate-halt: <class>` marks a halt response.
 pub const X_HALTGATE_HALT: &str = "x-haltgate-halt";
@@ -89,14 +90,8 @@ impl HaltResponse {
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
-        let body = self.to_json().to_string();
-        let mut response = Response::new(body::full(body));
-        *response.status_mut() = HALT_STATUS;
+        let mut response = json_response(HALT_STATUS, self.to_json());
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(class) = HeaderValue::from_str(&self.class) {
             headers.insert(X_HALTGATE_HALT, class);

@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -18,17 +19,15 @@ use super::stats::HaltStats;
 use crate::body::{self, BoxError, ProxyBody};
 use crate::route::Target;
 use crate::rules::{
-    Class, Decision, Exchange, ExchangeHead, ResponseBody, RuleSet, Scope, Verdict,
+    is_event_stream, Class, Decision, Exchange, ExchangeHead, ResponseBody, RuleSet, Scope, Verdict,
 };
+use crate::session::{SessionId, MAX_DETAIL_BYTES};
 use crate::synthetic::SyntheticResponse;
 
 /// Request header naming the agent session.
 pub const X_HALTGATE_SESSION: &str = "x-haltgate-session";
 /// Request header naming the session generation the agent acts in.
 pub const X_HALTGATE_EPOCH: &str = "x-haltgate-epoch";
-
-/// Longest closure detail kept from a matched body.
-const DETAIL_LIMIT: usize = 1024;
 
 pub(crate) struct Shared {
     pub(crate) rules: Arc<ArcSwap<RuleSet>>,
@@ -138,12 +137,11 @@ pub fn session_header(headers: &HeaderMap) -> Result<Option<SessionHeader>, Stri
         }
         return Ok(None);
     };
-    let id = id.as_bytes();
-    if id.is_empty() || id.len() > 256 || !id.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        return Err(format!(
-            "{X_HALTGATE_SESSION} must be 1-256 bytes of visible ASCII"
-        ));
-    }
+    let id = id
+        .to_str()
+        .ok()
+        .and_then(|id| SessionId::parse(id).ok())
+        .ok_or_else(|| format!("{X_HALTGATE_SESSION} must be 1-256 bytes of visible ASCII"))?;
     let epoch = match headers.get(X_HALTGATE_EPOCH) {
         None => None,
         Some(value) => Some(
@@ -154,10 +152,7 @@ pub fn session_header(headers: &HeaderMap) -> Result<Option<SessionHeader>, Stri
                 .ok_or_else(|| format!("{X_HALTGATE_EPOCH} must be a non-negative integer"))?,
         ),
     };
-    Ok(Some(SessionHeader {
-        id: std::str::from_utf8(id).expect("visible ASCII").into(),
-        epoch,
-    }))
+    Ok(Some(SessionHeader { id, epoch }))
 }
 
 async fn inspect(
@@ -175,7 +170,9 @@ async fn inspect(
         return Response::from_parts(parts, body);
     }
     if is_event_stream(&parts.headers) {
-        let request_body = request.body.bytes();
+        // A halt appends a final event, so the declared length would be wrong.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let request_body = request.body.take();
         let events = InspectEvents::new(
             body,
             parts.status,
@@ -193,12 +190,13 @@ async fn inspect(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (buffered, body) = if declared.is_some_and(|len| len > limit as u64) {
-        (None, body)
+    let mut body = body;
+    let buffered = if declared.is_some_and(|len| len > limit as u64) {
+        Buffered::skipped()
     } else {
-        buffer_prefix(body, limit).await
+        Buffered::read(&mut body, limit).await
     };
-    let complete = buffered.as_ref().and_then(|b| b.complete());
+    let complete = buffered.complete();
     if complete.is_none() {
         HaltStats::bump(&shared.stats.uninspected);
     }
@@ -206,7 +204,7 @@ async fn inspect(
         Some(bytes) => ResponseBody::Complete(bytes),
         None => ResponseBody::Uninspected,
     };
-    let request_body = request.body.bytes();
+    let request_body = request.body.take();
     let decision = decide(
         &rules,
         &request,
@@ -216,10 +214,7 @@ async fn inspect(
         &shared,
     )
     .await;
-    let replay = match buffered {
-        Some(buffered) => body::boxed(buffered.into_replay(body)),
-        None => body,
-    };
+    let replay = body::boxed(buffered.into_replay(body));
     let Some(decision) = decision else {
         return Response::from_parts(parts, replay);
     };
@@ -296,7 +291,7 @@ pub(crate) fn note_shadow(
         tracing::info!(
             provider = %request.provider,
             rule = %rule,
-            session = request.session.as_ref().map(|s| &*s.id).unwrap_or("-"),
+            session = request.session.as_ref().map(|s| s.id.as_str()).unwrap_or("-"),
             upstream_status = status,
             "Shadow rule matched; no action taken."
         );
@@ -304,13 +299,15 @@ pub(crate) fn note_shadow(
 }
 
 /// Hands a decisive match to the hooks.
-pub(crate) async fn act(
+/// Hands a decisive match to the hooks. They run in a task of their own, so the closure
+/// completes even when the agent disconnects or stops reading the response.
+pub(crate) fn act(
     decision: Decision,
     request: &RequestSnapshot,
     upstream_status: u16,
     detail: String,
     shared: &Shared,
-) -> Outcome {
+) -> impl Future<Output = Outcome> + Send + 'static {
     HaltStats::bump(&shared.stats.matched);
     let credential = request
         .headers
@@ -321,89 +318,109 @@ pub(crate) async fn act(
         provider = %request.provider,
         class = %decision.class,
         rule = decision.rule.as_deref().unwrap_or("-"),
-        session = request.session.as_ref().map(|s| &*s.id).unwrap_or("-"),
+        session = request.session.as_ref().map(|s| s.id.as_str()).unwrap_or("-"),
         upstream_status,
         "Rule matched."
     );
-    shared
-        .hooks
-        .on_match(Matched {
-            provider: request.provider.clone(),
-            session: request.session.clone(),
-            decision,
-            upstream_status,
-            credential,
-            detail,
+    let task = tokio::spawn(shared.hooks.on_match(Matched {
+        provider: request.provider.clone(),
+        session: request.session.clone(),
+        decision,
+        upstream_status,
+        credential,
+        detail,
+    }));
+    async move {
+        task.await.unwrap_or_else(|error| {
+            tracing::error!(%error, "Match hook failed; the response goes through.");
+            Outcome::Forward { action: None }
         })
-        .await
+    }
 }
 
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
-}
-
+/// The start of a matched body, for the closure's detail (the store keeps no more).
 pub(crate) fn excerpt(body: &[u8]) -> String {
-    let cut = &body[..body.len().min(DETAIL_LIMIT)];
+    let cut = &body[..body.len().min(MAX_DETAIL_BYTES)];
     String::from_utf8_lossy(cut).into_owned()
 }
 
-/// What buffering read of a body before deciding.
+/// What inspection read of a body before deciding; the frames are replayed as they came.
 struct Buffered {
     frames: VecDeque<Frame<Bytes>>,
-    data: BytesMut,
-    ended: bool,
-    overflowed: bool,
-    error: Option<BoxError>,
+    len: usize,
+    end: BufferEnd,
+}
+
+enum BufferEnd {
+    /// The body ended within the limit.
+    Ended,
+    /// More than the limit, or trailers: the rest streams on uninspected.
+    Cut,
+    /// Reading failed; the error is passed on after the frames.
+    Failed(BoxError),
 }
 
 impl Buffered {
-    /// The whole body, when it ended within the limit without trailers or errors.
-    fn complete(&self) -> Option<Bytes> {
-        (self.ended && !self.overflowed && self.error.is_none()).then(|| self.data.clone().freeze())
+    /// Nothing read: the declared length is already over the limit.
+    fn skipped() -> Self {
+        Self {
+            frames: VecDeque::new(),
+            len: 0,
+            end: BufferEnd::Cut,
+        }
     }
 
-    fn into_replay(self, rest: ProxyBody) -> Replay {
-        let rest = (!self.ended && self.error.is_none()).then_some(rest);
-        Replay::new(self.frames, rest, self.error)
-    }
-}
-
-/// Reads frames until the body ends or more than `limit` bytes arrived.
-async fn buffer_prefix(mut body: ProxyBody, limit: usize) -> (Option<Buffered>, ProxyBody) {
-    let mut buffered = Buffered {
-        frames: VecDeque::new(),
-        data: BytesMut::new(),
-        ended: false,
-        overflowed: false,
-        error: None,
-    };
-    loop {
-        match body.frame().await {
-            None => {
-                buffered.ended = true;
-                break;
-            }
-            Some(Err(error)) => {
-                buffered.error = Some(error);
-                break;
-            }
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    buffered.data.extend_from_slice(data);
-                } else {
-                    // Trailers: the body is not plain data; pass it on uninspected.
-                    buffered.overflowed = true;
-                }
-                buffered.frames.push_back(frame);
-                if buffered.data.len() > limit || buffered.overflowed {
-                    buffered.overflowed = true;
+    /// Reads frames until the body ends or more than `limit` bytes arrived.
+    async fn read(body: &mut ProxyBody, limit: usize) -> Self {
+        let mut buffered = Self {
+            frames: VecDeque::new(),
+            len: 0,
+            end: BufferEnd::Ended,
+        };
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Err(error) => {
+                    buffered.end = BufferEnd::Failed(error);
                     break;
+                }
+                Ok(frame) => {
+                    // Trailers mean the body is not plain data; pass it on uninspected.
+                    let data_len = frame.data_ref().map(Bytes::len);
+                    buffered.len += data_len.unwrap_or(0);
+                    buffered.frames.push_back(frame);
+                    if data_len.is_none() || buffered.len > limit {
+                        buffered.end = BufferEnd::Cut;
+                        break;
+                    }
                 }
             }
         }
+        buffered
     }
-    (Some(buffered), body)
+
+    /// The whole body, when it ended within the limit; one frame is shared, not copied.
+    fn complete(&self) -> Option<Bytes> {
+        if !matches!(self.end, BufferEnd::Ended) {
+            return None;
+        }
+        match self.frames.len() {
+            0 => Some(Bytes::new()),
+            1 => self.frames[0].data_ref().cloned(),
+            _ => {
+                let mut whole = BytesMut::with_capacity(self.len);
+                for frame in &self.frames {
+                    whole.extend_from_slice(frame.data_ref()?);
+                }
+                Some(whole.freeze())
+            }
+        }
+    }
+
+    fn into_replay(self, rest: ProxyBody) -> Replay {
+        match self.end {
+            BufferEnd::Ended => Replay::new(self.frames, None, None),
+            BufferEnd::Cut => Replay::new(self.frames, Some(rest), None),
+            BufferEnd::Failed(error) => Replay::new(self.frames, None, Some(error)),
+        }
+    }
 }

@@ -63,7 +63,8 @@ pub enum Scope<'a> {
     Known(Option<&'a Value>),
 }
 
-pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
+/// Whether a response is a `text/event-stream` (parameters and case ignored).
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -80,77 +81,150 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
 /// Splits a complete `text/event-stream` body into the `data` of each event.
 ///
 /// Lines end in LF, CRLF or CR; a blank line ends an event; several `data:` lines join with
-/// `\n`; one space after the colon is dropped; comments and other fields are skipped. A final
-/// event without its blank line is still yielded, since the body is known to be complete.
-pub fn sse_events(body: &[u8]) -> SseEvents<'_> {
-    SseEvents { rest: body }
+/// `\n`; one space after the colon is dropped; comments, other fields and events without
+/// data are skipped (WHATWG event-stream rules). A final event without its blank line is still
+/// yielded, since the body is known to be complete.
+pub fn sse_events(body: &[u8]) -> std::vec::IntoIter<Cow<'_, [u8]>> {
+    let mut events = Vec::new();
+    parse_events(body, true, |event| events.push(event));
+    events.into_iter()
 }
 
-pub struct SseEvents<'a> {
-    rest: &'a [u8],
+/// Splits an event stream that arrives in chunks, with the same rules as [`sse_events`].
+/// Events whose data is larger than `limit` are skipped whole, so one oversized event cannot
+/// grow the buffer without bound.
+#[derive(Debug)]
+pub struct SseStream {
+    /// Bytes after the last complete event.
+    pending: Vec<u8>,
+    limit: usize,
+    /// An oversized event was dropped; skip up to its blank line.
+    discarding: bool,
 }
 
-impl<'a> SseEvents<'a> {
-    fn next_line(&mut self) -> Option<&'a [u8]> {
-        if self.rest.is_empty() {
-            return None;
+impl SseStream {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            pending: Vec::new(),
+            limit,
+            discarding: false,
         }
-        let rest = self.rest;
-        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
-            Some(end) => {
-                let skip = if rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
-                self.rest = &rest[end + skip..];
-                Some(&rest[..end])
+    }
+
+    /// Feeds a chunk; calls `on_event` with the data of each event it completes.
+    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&[u8])) {
+        self.pending.extend_from_slice(chunk);
+        if self.discarding {
+            let mut offset = 0;
+            while let Some((line, used)) = terminated_line(&self.pending[offset..], false) {
+                offset += used;
+                if line.is_empty() {
+                    self.discarding = false;
+                    break;
+                }
             }
-            None => {
-                self.rest = &[];
-                Some(rest)
+            if self.discarding {
+                // Still inside the dropped event: keep only a CR that may start a CRLF.
+                let keep_cr = self.pending.last() == Some(&b'\r');
+                self.pending.clear();
+                if keep_cr {
+                    self.pending.push(b'\r');
+                }
+                return;
             }
+            self.pending.drain(..offset);
+        }
+        let limit = self.limit;
+        let consumed = parse_events(&self.pending, false, |event| {
+            if event.len() <= limit {
+                on_event(&event);
+            }
+        });
+        self.pending.drain(..consumed);
+        if self.pending.len() > self.limit {
+            self.pending.clear();
+            self.discarding = true;
         }
     }
 }
 
-impl<'a> Iterator for SseEvents<'a> {
-    type Item = Cow<'a, [u8]>;
-
-    fn next(&mut self) -> Option<Cow<'a, [u8]>> {
-        let mut data: Option<Cow<'a, [u8]>> = None;
-        while let Some(line) = self.next_line() {
-            if line.is_empty() {
-                match data.take() {
-                    Some(event) if !event.is_empty() => return Some(event),
-                    _ => continue,
-                }
-            }
-            if line[0] == b':' {
-                continue;
-            }
-            let (field, value) = match line.iter().position(|&b| b == b':') {
-                Some(colon) => {
-                    let value = &line[colon + 1..];
-                    (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
-                }
-                None => (line, &b""[..]),
-            };
-            if field != b"data" {
-                continue;
-            }
-            data = Some(match data {
-                None => Cow::Borrowed(value),
-                Some(previous) => {
-                    let mut joined = previous.into_owned();
-                    joined.push(b'\n');
-                    joined.extend_from_slice(value);
-                    Cow::Owned(joined)
-                }
-            });
-        }
-        data.filter(|event| !event.is_empty())
+/// The next line of `rest` and the bytes it spans with its terminator; `None` while the
+/// terminator has not arrived. A CR at the very end may be the first half of a CRLF, so it
+/// only ends a line `at_end` of the stream.
+fn terminated_line(rest: &[u8], at_end: bool) -> Option<(&[u8], usize)> {
+    let end = rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
+    if rest[end] == b'\r' && end + 1 == rest.len() && !at_end {
+        return None;
     }
+    let used = if rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n') {
+        end + 2
+    } else {
+        end + 1
+    };
+    Some((&rest[..end], used))
+}
+
+/// Calls `on_event` for each complete event of `input` and returns the bytes consumed: up to
+/// the end of the last blank line, or everything `at_end` (when the input is the whole rest
+/// of the stream, a final unterminated line and event count). Single-line events are borrowed.
+fn parse_events<'a>(
+    input: &'a [u8],
+    at_end: bool,
+    mut on_event: impl FnMut(Cow<'a, [u8]>),
+) -> usize {
+    let mut data: Option<Cow<'a, [u8]>> = None;
+    let mut offset = 0;
+    let mut consumed = 0;
+    loop {
+        let rest = &input[offset..];
+        let line = match terminated_line(rest, at_end) {
+            Some((line, used)) => {
+                offset += used;
+                line
+            }
+            None if at_end && !rest.is_empty() => {
+                offset = input.len();
+                rest
+            }
+            None => break,
+        };
+        if line.is_empty() {
+            consumed = offset;
+            if let Some(event) = data.take().filter(|event| !event.is_empty()) {
+                on_event(event);
+            }
+            continue;
+        }
+        if line[0] == b':' {
+            continue;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
+        };
+        if field != b"data" {
+            continue;
+        }
+        data = Some(match data {
+            None => Cow::Borrowed(value),
+            Some(previous) => {
+                let mut joined = previous.into_owned();
+                joined.push(b'\n');
+                joined.extend_from_slice(value);
+                Cow::Owned(joined)
+            }
+        });
+    }
+    if at_end {
+        if let Some(event) = data.filter(|event| !event.is_empty()) {
+            on_event(event);
+        }
+        return input.len();
+    }
+    consumed
 }
 
 // === Request readers ===
@@ -404,6 +478,57 @@ mod tests {
         assert_eq!(
             events(": keep-alive\n\nid: 7\nretry: 10\n\ndata\n\ndata: z\nid: 8\n\n\n"),
             vec!["z"]
+        );
+    }
+
+    fn streamed(chunks: &[&[u8]], limit: usize) -> Vec<String> {
+        let mut stream = SseStream::new(limit);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            stream.feed(chunk, |data| {
+                out.push(String::from_utf8_lossy(data).into_owned())
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn streamed_events_split_across_chunks_and_line_endings() {
+        assert_eq!(streamed(&[b"data: {\"a\":1}\n\n"], 1024), vec!["{\"a\":1}"]);
+        assert_eq!(
+            streamed(&[b"data: a\r", b"\ndata: b\r\n\r\n"], 1024),
+            vec!["a\nb"]
+        );
+        assert_eq!(
+            streamed(&[b"event: x\nid: 1\ndata:x\r\rdata: y\n", b"\n"], 1024),
+            vec!["x", "y"]
+        );
+        assert_eq!(
+            streamed(&[b": comment\n\n", b"retry: 5\n\n"], 1024),
+            Vec::<String>::new()
+        );
+        // "database" is another field; a data line with nothing in it makes no event.
+        assert_eq!(
+            streamed(&[b"database: 1\ndata\n\n"], 1024),
+            Vec::<String>::new()
+        );
+        // An event is only complete at its blank line.
+        assert_eq!(streamed(&[b"data: a\n"], 1024), Vec::<String>::new());
+    }
+
+    #[test]
+    fn streamed_oversized_events_are_skipped_whole() {
+        assert_eq!(
+            streamed(&[b"data: 0123456789abcdef\n\ndata: ok\n\n"], 8),
+            vec!["ok"]
+        );
+        // Larger than the limit before its blank line arrives.
+        assert_eq!(
+            streamed(
+                &[b"data: 0123456789", b"abcdef more", b"\n\ndata: ok\n\n"],
+                8
+            ),
+            vec!["ok"]
         );
     }
 

@@ -49,8 +49,8 @@ pub use decision::{
     RuleTrace, UnknownClass, Verdict,
 };
 pub use exchange::{
-    sse_events, Exchange, ExchangeHead, PreparedExchange, RecordedRequest, RecordedResponse,
-    ResponseBody, Scope,
+    is_event_stream, sse_events, Exchange, ExchangeHead, PreparedExchange, RecordedRequest,
+    RecordedResponse, ResponseBody, Scope, SseStream,
 };
 
 use compile::ProviderRules;

@@ -272,11 +272,7 @@ pub fn text(status: u16, body: &'static str) -> Response<ProxyBody> {
 }
 
 pub fn json(status: u16, value: serde_json::Value) -> Response<ProxyBody> {
-    let mut r = Response::new(body::full(value.to_string()));
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    r
+    haltgate::synthetic::json_response(http::StatusCode::from_u16(status).unwrap(), value)
 }
 
 /// Deterministic non-repeating bytes, so any reordering or loss shows.
