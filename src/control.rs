@@ -260,7 +260,7 @@ where
             if let Some(epoch) = body.epoch {
                 closure = closure.at_epoch(epoch);
             }
-            match gate.store_closure(&id, closure).await? {
+            match gate.close(&id, closure).await? {
                 CloseDisposition::Stored(outcome) => Ok(close_response(&outcome)),
                 CloseDisposition::Queued { entry, cause } => Ok(json_response(
                     StatusCode::ACCEPTED,

@@ -94,24 +94,24 @@ impl SessionGate {
         Some(key.fingerprint(raw.as_bytes()))
     }
 
-    /// Writes a closure to the store (or, when a Redis store is unreachable, to the outbox)
-    /// and applies what the store answered to the closed set. Input the store rejects is an
-    /// error and changes nothing.
-    pub async fn store_closure(
+    /// Closes a session: marks it closed in the local set at once (later requests halt even
+    /// while the store is slow or down), then writes the closure to the store, or to the
+    /// outbox when a Redis store is unreachable, and applies what the store answered. Input
+    /// the store rejects is an error and changes nothing.
+    pub async fn close(
         &self,
         id: &SessionId,
         closure: Closure,
     ) -> Result<CloseDisposition, StoreError> {
+        let closure = closure.normalized()?;
+        let local_epoch = self.closed.epoch_for(id, closure.epoch);
+        self.closed.insert_closure(id, local_epoch, &closure);
         let disposition = match &self.outbox {
-            Some(outbox) => close_or_enqueue(&*self.store, outbox, id, closure.clone()).await?,
-            None => CloseDisposition::Stored(self.store.close(id, closure.clone()).await?),
+            Some(outbox) => close_or_enqueue(&*self.store, outbox, id, closure).await?,
+            None => CloseDisposition::Stored(self.store.close(id, closure).await?),
         };
-        match &disposition {
-            CloseDisposition::Stored(outcome) => self.closed.record_outcome(id, outcome),
-            CloseDisposition::Queued { .. } => {
-                let epoch = self.closed.epoch_for(id, closure.epoch);
-                self.closed.insert_closure(id, epoch, &closure);
-            }
+        if let CloseDisposition::Stored(outcome) = &disposition {
+            self.closed.record_outcome(id, outcome);
         }
         Ok(disposition)
     }
@@ -192,14 +192,13 @@ impl SessionGate {
         };
         let mut closure = Closure::new(class.clone(), rule.clone(), reason)
             .with_detail(matched.detail)
-            .with_upstream_status(matched.upstream_status);
+            .with_upstream_status(matched.upstream_status)
+            .observed_at(matched.started_ms);
         if let Some(epoch) = epoch {
             closure = closure.at_epoch(*epoch);
         }
-        // Halt on the first occurrence: the local set knows before the store answers.
         let local_epoch = self.closed.epoch_for(id, *epoch);
-        self.closed.insert_closure(id, local_epoch, &closure);
-        if let Err(error) = self.store_closure(id, closure).await {
+        if let Err(error) = self.close(id, closure).await {
             tracing::error!(session = %id, %error, "Closure could not be stored; the session stays halted on this instance.");
         }
         Outcome::Halt(HaltResponse::rule_matched(

@@ -39,6 +39,9 @@ pub struct Matched {
     pub session: Option<SessionHeader>,
     pub decision: Decision,
     pub upstream_status: u16,
+    /// When the request arrived (unix ms): a closure without an epoch applies to the
+    /// generation current then, not to one opened while the request was under way.
+    pub started_ms: u64,
     /// The request's credential headers (`authorization`, `x-api-key`), for credential blocks.
     pub credential: Option<http::HeaderValue>,
     /// A capped excerpt of the matched body, recorded as the closure's detail.

@@ -21,7 +21,7 @@ use crate::route::Target;
 use crate::rules::{
     is_event_stream, Class, Decision, Exchange, ExchangeHead, ResponseBody, RuleSet, Scope, Verdict,
 };
-use crate::session::{SessionId, MAX_DETAIL_BYTES};
+use crate::session::{unix_ms_now, SessionId, MAX_DETAIL_BYTES};
 use crate::synthetic::SyntheticResponse;
 
 /// Request header naming the agent session.
@@ -57,6 +57,7 @@ pub(crate) struct RequestSnapshot {
     pub(crate) headers: HeaderMap,
     pub(crate) body: CapturedPrefix,
     pub(crate) session: Option<SessionHeader>,
+    pub(crate) started_ms: u64,
 }
 
 impl<S> Service<Request<ProxyBody>> for Halt<S>
@@ -118,6 +119,7 @@ where
             headers: parts.headers.clone(),
             body: captured,
             session,
+            started_ms: unix_ms_now(),
         };
         let forwarded = self.inner.call(Request::from_parts(parts, body));
         Box::pin(forwarded.then(move |result| async move {
@@ -327,6 +329,7 @@ pub(crate) fn act(
         session: request.session.clone(),
         decision,
         upstream_status,
+        started_ms: request.started_ms,
         credential,
         detail,
     }));

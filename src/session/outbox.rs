@@ -220,11 +220,16 @@ impl Inner {
         let rows = txn.open_table(table).map_err(db_err)?;
         let mut found = Vec::new();
         for row in rows.iter().map_err(db_err)? {
-            let (_, value) = row.map_err(db_err)?;
-            found.push(
-                serde_json::from_slice(value.value())
-                    .map_err(|e| StoreError::corrupt(format!("outbox record: {e}")))?,
-            );
+            let (id, value) = row.map_err(db_err)?;
+            // One unreadable record must not hold back the others; it stays on disk.
+            match serde_json::from_slice(value.value()) {
+                Ok(record) => found.push(record),
+                Err(error) => tracing::error!(
+                    record = id.value(),
+                    %error,
+                    "Skipping an unreadable outbox record."
+                ),
+            }
         }
         Ok(found)
     }
@@ -320,7 +325,9 @@ async fn relay(
             }
             continue;
         }
-        let mut store_down = false;
+        // Set when the store is down or the outbox itself cannot be written: both call for
+        // a pause, not an immediate retry.
+        let mut back_off = false;
         for entry in pending {
             match store.close(&entry.session, entry.closure.clone()).await {
                 Ok(outcome) => {
@@ -332,23 +339,27 @@ async fn relay(
                     tracing::info!(session = %entry.session, entry = entry.id, outcome = landed, "Relayed a queued closure.");
                     if let Err(err) = outbox.remove(entry.id).await {
                         tracing::error!(error = %err, entry = entry.id, "Cannot delete a relayed closure from the outbox.");
+                        back_off = true;
+                        break;
                     }
                 }
                 Err(err) if err.is_retryable() => {
                     tracing::debug!(error = %err, "Store still unavailable for queued closures.");
-                    store_down = true;
+                    back_off = true;
                     break;
                 }
                 Err(err) => {
                     tracing::error!(session = %entry.session, entry = entry.id, error = %err, "Store refused a queued closure; moved to dead letters.");
                     if let Err(bury_err) = outbox.bury(entry, &err).await {
                         tracing::error!(error = %bury_err, "Cannot move a closure to the dead letters.");
+                        back_off = true;
+                        break;
                     }
                 }
             }
         }
         drop(outbox);
-        if store_down {
+        if back_off {
             tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(config.max_backoff);
         } else {

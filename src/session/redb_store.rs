@@ -609,17 +609,26 @@ impl Inner {
         let events_table = txn.open_table(EVENTS).map_err(db_err)?;
         let mut events = Vec::new();
         let mut last = after;
+        let mut unreadable = false;
         if limit > 0 {
             for row in events_table.range(after + 1..).map_err(db_err)?.take(limit) {
                 let (key, value) = row.map_err(db_err)?;
                 last = key.value();
-                events.push(decode::<StateEvent>("event", value.value())?);
+                // Stepped over and reported as a gap (readers rebuild from a snapshot)
+                // rather than stopping every reader at it for good.
+                match decode::<StateEvent>("event", value.value()) {
+                    Ok(event) => events.push(event),
+                    Err(error) => {
+                        tracing::warn!(%error, seq = last, "Skipping an unreadable event.");
+                        unreadable = true;
+                    }
+                }
             }
         }
         Ok(EventPage {
             events,
             cursor: EventCursor::from_token(format!("{CURSOR_PREFIX}{last}")),
-            gap: trimmed > after,
+            gap: trimmed > after || unreadable,
         })
     }
 

@@ -73,6 +73,12 @@ fn apply_option(
         }
     };
     match key {
+        // Replies are decoded as RESP2 shapes.
+        "protocol" if !value.eq_ignore_ascii_case("resp2") && value != "2" => {
+            return Err(format!(
+                "protocol={value:?} is not supported; only RESP2 is"
+            ));
+        }
         "prefix" => {
             let ok = !value.is_empty()
                 && value.len() <= 64
@@ -221,7 +227,7 @@ mod tests {
     #[test]
     fn standalone_url_takes_our_options_and_passes_the_rest() {
         let parsed = StoreLocator::parse(
-            "redis://:pw@127.0.0.1:6380/2?prefix=t1&timeout_ms=250&protocol=resp3",
+            "redis://:pw@127.0.0.1:6380/2?prefix=t1&timeout_ms=250&protocol=resp2",
         )
         .unwrap();
         let StoreLocator::Redis {
@@ -231,9 +237,15 @@ mod tests {
         else {
             panic!("not standalone");
         };
-        assert_eq!(url, "redis://:pw@127.0.0.1:6380/2?protocol=resp3");
+        assert_eq!(url, "redis://:pw@127.0.0.1:6380/2?protocol=resp2");
         assert_eq!(options.prefix, "t1");
         assert_eq!(options.op_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn resp3_is_refused_because_replies_are_decoded_as_resp2() {
+        let error = StoreLocator::parse("redis://127.0.0.1:6380?protocol=resp3").unwrap_err();
+        assert!(error.to_string().contains("RESP2"), "{error}");
     }
 
     #[test]

@@ -325,13 +325,13 @@ impl Inner {
         };
         match word.as_str() {
             "fenced" => Ok(CloseOutcome::Fenced {
-                current_epoch: number("epoch", &text(&parts[1])?)?,
+                current_epoch: number("epoch", &text(reply_part(&parts, 1)?)?)?,
             }),
             "already" => Ok(CloseOutcome::AlreadyClosed {
                 record: record(parts.get(1))?,
             }),
             "closed" => Ok(CloseOutcome::Closed {
-                cancelled_wakeups: number("cancelled", &text(&parts[1])?)?,
+                cancelled_wakeups: number("cancelled", &text(reply_part(&parts, 1)?)?)?,
                 record: record(parts.get(2))?,
             }),
             other => Err(StoreError::corrupt(format!(
@@ -398,7 +398,7 @@ impl Inner {
             Some("added") => Ok(AddWakeup::Added(Wakeup {
                 id: wakeup_id,
                 session: id.clone(),
-                epoch: number("epoch", &text(&parts[1])?)?,
+                epoch: number("epoch", &text(reply_part(&parts, 1)?)?)?,
                 due_ms,
                 payload,
             })),
@@ -440,6 +440,47 @@ impl Inner {
         Ok(wakeups)
     }
 
+    /// Runs the claim script for one session. Its wakeups are removed from Redis by then, so
+    /// decoding is lenient: an unreadable payload is handed out as the raw string.
+    async fn claim_session(
+        &self,
+        p: usize,
+        sid: &str,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<ClaimedWakeup>, StoreError> {
+        let id =
+            SessionId::parse(sid).map_err(|e| StoreError::corrupt(format!("due index: {e}")))?;
+        let args = [sid.to_owned(), now_ms.to_string(), max.to_string()];
+        let reply: Value = self
+            .eval(&scripts().claim_session, &self.wakeup_keys(p, sid), &args)
+            .await?;
+        let parts = items(&reply)?;
+        if parts.len() != 2 {
+            return Err(StoreError::corrupt("unexpected claim reply"));
+        }
+        let epoch = number("epoch", &text(&parts[0])?)?;
+        let mut claimed = Vec::new();
+        for triple in items(&parts[1])?.chunks(3) {
+            let [wakeup_id, score, payload] = triple else {
+                return Err(StoreError::corrupt("claim reply with a partial wakeup"));
+            };
+            let payload = text(payload)?;
+            claimed.push(ClaimedWakeup {
+                wakeup: Wakeup {
+                    id: text(wakeup_id)?,
+                    session: id.clone(),
+                    epoch,
+                    due_ms: number("due_ms", &text(score)?)?,
+                    payload: serde_json::from_str(&payload)
+                        .unwrap_or(serde_json::Value::String(payload)),
+                },
+                claimed_at_ms: now_ms,
+            });
+        }
+        Ok(claimed)
+    }
+
     async fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<ClaimedWakeup>, StoreError> {
         check_exact("now_ms", now_ms)?;
         if limit == 0 {
@@ -474,36 +515,16 @@ impl Inner {
             if claimed.len() >= limit {
                 break;
             }
-            let id = SessionId::parse(&sid)
-                .map_err(|e| StoreError::corrupt(format!("due index: {e}")))?;
-            let args = [
-                sid.clone(),
-                now_ms.to_string(),
-                (limit - claimed.len()).to_string(),
-            ];
-            let reply: Value = self
-                .eval(&scripts().claim_session, &self.wakeup_keys(p, &sid), &args)
-                .await?;
-            let parts = items(&reply)?;
-            if parts.len() != 2 {
-                return Err(StoreError::corrupt("unexpected claim reply"));
-            }
-            let epoch = number("epoch", &text(&parts[0])?)?;
-            for triple in items(&parts[1])?.chunks(3) {
-                let [wakeup_id, score, payload] = triple else {
-                    return Err(StoreError::corrupt("claim reply with a partial wakeup"));
-                };
-                claimed.push(ClaimedWakeup {
-                    wakeup: Wakeup {
-                        id: text(wakeup_id)?,
-                        session: id.clone(),
-                        epoch,
-                        due_ms: number("due_ms", &text(score)?)?,
-                        payload: serde_json::from_str(&text(payload)?)
-                            .map_err(|e| StoreError::corrupt(format!("payload: {e}")))?,
-                    },
-                    claimed_at_ms: now_ms,
-                });
+            let max = limit - claimed.len();
+            match self.claim_session(p, &sid, now_ms, max).await {
+                Ok(wakeups) => claimed.extend(wakeups),
+                // What earlier scripts claimed is already removed from Redis: hand it out
+                // rather than lose it with the error.
+                Err(error) if !claimed.is_empty() => {
+                    tracing::warn!(%error, session = %sid, "Claim stopped early.");
+                    break;
+                }
+                Err(error) => return Err(error),
             }
         }
         Ok(claimed)
@@ -644,7 +665,16 @@ impl Inner {
         let mut events = Vec::with_capacity(entries.len());
         for (id, p, fields) in entries {
             positions[p] = id;
-            events.push(event_from_fields(format!("{p}/{id}"), fields)?);
+            // An entry this version cannot read (written by a newer one, or damaged) is
+            // stepped over and reported as a gap, so readers rebuild from a snapshot instead
+            // of stopping at it for good.
+            match event_from_fields(format!("{p}/{id}"), fields) {
+                Ok(event) => events.push(event),
+                Err(error) => {
+                    tracing::warn!(%error, entry = %format!("{p}/{id}"), "Skipping an unreadable event.");
+                    gap = true;
+                }
+            }
         }
         Ok(EventPage {
             events,
@@ -830,4 +860,11 @@ impl SessionStore for RedisStore {
     fn deployment_secret(&self) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
         Box::pin(self.inner.deployment_secret())
     }
+}
+
+/// Element `index` of a script reply, or a corrupt-data error when the reply is too short.
+fn reply_part(parts: &[Value], index: usize) -> Result<&Value, StoreError> {
+    parts
+        .get(index)
+        .ok_or_else(|| StoreError::corrupt("script reply is shorter than expected"))
 }
