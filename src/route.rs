@@ -138,6 +138,16 @@ impl RouteTable {
         ]
     }
 
+    /// The table of [`RouteTable::known_providers`].
+    pub fn known() -> Self {
+        Self::new(
+            Self::known_providers()
+                .into_iter()
+                .map(|(name, url)| Route::new(name, name, url).expect("built-in routes are valid")),
+        )
+        .expect("built-in route names are distinct")
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.get(name)
     }

@@ -449,8 +449,9 @@ fn body_regex_reads_the_raw_body() {
 #[test]
 fn escaped_json_still_matches() {
     let rules = rules();
-    // `\u006f` is `o`: the literal prefilter cannot see "gone", so it must step aside.
-    let escaped = case(r#"{"error":"g\u006fne"}"#);
+    // `\u0065` is `e` and `\u006f` is `o`: the literal prefilter can see neither the key
+    // nor the value, so it must step aside.
+    let escaped = case(r#"{"\u0065rror":"g\u006fne"}"#);
     assert_eq!(
         decided_by(&escaped.decision(&rules)),
         (Class::LostAccess, Some("demo.gone_high"))

@@ -100,6 +100,8 @@ pub struct SseStream {
     limit: usize,
     /// An oversized event was dropped; skip up to its blank line.
     discarding: bool,
+    /// What was consumed ended in CR: an LF starting the next chunk completes that CRLF.
+    skip_lf: bool,
 }
 
 impl SseStream {
@@ -108,31 +110,40 @@ impl SseStream {
             pending: Vec::new(),
             limit,
             discarding: false,
+            skip_lf: false,
         }
     }
 
     /// Feeds a chunk; calls `on_event` with the data of each event it completes.
     pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&[u8])) {
+        let chunk = match chunk.split_first() {
+            Some((b'\n', rest)) if self.skip_lf => rest,
+            _ => chunk,
+        };
+        if chunk.is_empty() {
+            return;
+        }
+        self.skip_lf = false;
         self.pending.extend_from_slice(chunk);
         if self.discarding {
             let mut offset = 0;
-            while let Some((line, used)) = terminated_line(&self.pending[offset..], false) {
+            while let Some((line, used)) = terminated_line(&self.pending[offset..]) {
                 offset += used;
                 if line.is_empty() {
                     self.discarding = false;
                     break;
                 }
             }
+            // Inside the dropped event nothing is kept, not even a partial line.
+            let upto = if self.discarding {
+                self.pending.len()
+            } else {
+                offset
+            };
+            self.consume(upto);
             if self.discarding {
-                // Still inside the dropped event: keep only a CR that may start a CRLF.
-                let keep_cr = self.pending.last() == Some(&b'\r');
-                self.pending.clear();
-                if keep_cr {
-                    self.pending.push(b'\r');
-                }
                 return;
             }
-            self.pending.drain(..offset);
         }
         let limit = self.limit;
         let consumed = parse_events(&self.pending, false, |event| {
@@ -140,22 +151,27 @@ impl SseStream {
                 on_event(&event);
             }
         });
-        self.pending.drain(..consumed);
+        self.consume(consumed);
         if self.pending.len() > self.limit {
-            self.pending.clear();
+            let all = self.pending.len();
+            self.consume(all);
             self.discarding = true;
+        }
+    }
+
+    fn consume(&mut self, upto: usize) {
+        if upto > 0 {
+            // Only a CR that ends everything received may be the first half of a CRLF.
+            self.skip_lf = upto == self.pending.len() && self.pending[upto - 1] == b'\r';
+            self.pending.drain(..upto);
         }
     }
 }
 
-/// The next line of `rest` and the bytes it spans with its terminator; `None` while the
-/// terminator has not arrived. A CR at the very end may be the first half of a CRLF, so it
-/// only ends a line `at_end` of the stream.
-fn terminated_line(rest: &[u8], at_end: bool) -> Option<(&[u8], usize)> {
+/// The next line of `rest` and the bytes it spans with its terminator (LF, CRLF or CR);
+/// `None` while no terminator has arrived.
+fn terminated_line(rest: &[u8]) -> Option<(&[u8], usize)> {
     let end = rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
-    if rest[end] == b'\r' && end + 1 == rest.len() && !at_end {
-        return None;
-    }
     let used = if rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n') {
         end + 2
     } else {
@@ -177,7 +193,7 @@ fn parse_events<'a>(
     let mut consumed = 0;
     loop {
         let rest = &input[offset..];
-        let line = match terminated_line(rest, at_end) {
+        let line = match terminated_line(rest) {
             Some((line, used)) => {
                 offset += used;
                 line
@@ -414,21 +430,10 @@ impl PreparedExchange {
     }
 }
 
-/// Well-known API hosts, used when a recorded exchange names no provider and no host map is
-/// given (MCP servers have no fixed host).
-pub const DEFAULT_HOSTS: &[(&str, &str)] = &[
-    ("slack.com", "slack"),
-    ("api.slack.com", "slack"),
-    ("api.linear.app", "linear"),
-    ("api.github.com", "github"),
-    ("api.anthropic.com", "anthropic"),
-];
-
+/// (host, provider) of the built-in routes, used when a recorded exchange names no provider
+/// and no host map is given (MCP servers have no fixed host).
 pub fn default_hosts() -> Vec<(String, String)> {
-    DEFAULT_HOSTS
-        .iter()
-        .map(|(host, provider)| ((*host).to_owned(), (*provider).to_owned()))
-        .collect()
+    crate::route::RouteTable::known().host_providers()
 }
 
 /// Picks the provider: the explicit one, else the first `hosts` entry for the URL host.
