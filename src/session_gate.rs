@@ -224,7 +224,7 @@ impl SessionHooks for Arc<SessionGate> {
                 ));
             }
         }
-        if self.closed.tracks_credentials() {
+        if self.closed.any_blocked() {
             if let Some(fingerprint) = self.fingerprint(request.headers) {
                 if let Some(block) = self.closed.blocked(&fingerprint) {
                     return Some(HaltResponse::credential_blocked(

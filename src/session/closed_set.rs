@@ -19,7 +19,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -97,6 +97,8 @@ pub struct ClosedSet {
     hasher: RandomState,
     credentials: ArcSwap<HashMap<Fingerprint, CredentialState>>,
     credentials_write: Mutex<()>,
+    /// Credentials blocked right now, so requests skip fingerprinting while there are none.
+    blocked_count: AtomicUsize,
     ready: AtomicBool,
     cursor: tokio::sync::Mutex<Option<EventCursor>>,
 }
@@ -114,6 +116,7 @@ impl ClosedSet {
             hasher: RandomState::new(),
             credentials: ArcSwap::from_pointee(HashMap::new()),
             credentials_write: Mutex::new(()),
+            blocked_count: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
             cursor: tokio::sync::Mutex::new(None),
         }
@@ -184,10 +187,10 @@ impl ClosedSet {
             .sum()
     }
 
-    /// Whether any credential has ever been blocked here; when not, callers can skip
+    /// Whether any credential is blocked right now; when none is, callers skip
     /// fingerprinting the request's credential altogether.
-    pub fn tracks_credentials(&self) -> bool {
-        !self.credentials.load().is_empty()
+    pub fn any_blocked(&self) -> bool {
+        self.blocked_count.load(Ordering::Acquire) > 0
     }
 
     pub fn is_blocked(&self, fingerprint: &Fingerprint) -> bool {
@@ -383,7 +386,9 @@ impl ClosedSet {
         }
         let mut next = HashMap::clone(&current);
         next.insert(fingerprint.clone(), CredentialState { generation, block });
+        let blocked = next.values().filter(|c| c.block.is_some()).count();
         self.credentials.store(Arc::new(next));
+        self.blocked_count.store(blocked, Ordering::Release);
     }
 
     /// Reads the store's log from this set's cursor to the end and applies it; the first call

@@ -325,13 +325,13 @@ impl Inner {
         };
         match word.as_str() {
             "fenced" => Ok(CloseOutcome::Fenced {
-                current_epoch: number("epoch", &text(reply_part(&parts, 1)?)?)?,
+                current_epoch: number("epoch", &text(reply_part(parts, 1)?)?)?,
             }),
             "already" => Ok(CloseOutcome::AlreadyClosed {
                 record: record(parts.get(1))?,
             }),
             "closed" => Ok(CloseOutcome::Closed {
-                cancelled_wakeups: number("cancelled", &text(reply_part(&parts, 1)?)?)?,
+                cancelled_wakeups: number("cancelled", &text(reply_part(parts, 1)?)?)?,
                 record: record(parts.get(2))?,
             }),
             other => Err(StoreError::corrupt(format!(
@@ -398,7 +398,7 @@ impl Inner {
             Some("added") => Ok(AddWakeup::Added(Wakeup {
                 id: wakeup_id,
                 session: id.clone(),
-                epoch: number("epoch", &text(reply_part(&parts, 1)?)?)?,
+                epoch: number("epoch", &text(reply_part(parts, 1)?)?)?,
                 due_ms,
                 payload,
             })),
