@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use haltgate::body::{self, ProxyBody};
 use haltgate::halt::{
-    BoxFuture, HaltLayer, HaltResponse, Matched, Outcome, RequestInfo, SessionHeader, SessionHooks,
+    Admission, BoxFuture, HaltLayer, HaltResponse, Matched, Outcome, RequestInfo, ScopeUnavailable,
+    SessionHeader, SessionHooks,
 };
 use haltgate::rules::RuleSet;
 use http::{Request, Response};
@@ -23,12 +24,15 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 struct PrintAndHalt;
 
 impl SessionHooks for PrintAndHalt {
-    fn before_forward(&self, _request: &RequestInfo<'_>) -> Option<HaltResponse> {
-        None
+    fn before_forward(&self, _request: &RequestInfo<'_>) -> Admission {
+        Admission::Forward
     }
 
-    fn scope(&self, _session: &SessionHeader) -> BoxFuture<'static, Option<serde_json::Value>> {
-        Box::pin(async { Some(serde_json::json!({ "slack_channel": "C0123ABCD" })) })
+    fn scope(
+        &self,
+        _session: &SessionHeader,
+    ) -> BoxFuture<'static, Result<Option<serde_json::Value>, ScopeUnavailable>> {
+        Box::pin(async { Ok(Some(serde_json::json!({ "slack_channel": "C0123ABCD" }))) })
     }
 
     fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome> {

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tower_layer::Layer;
@@ -16,7 +17,7 @@ use crate::halt::{HaltLayer, HaltStats, SessionHooks};
 use crate::ingress::Ingress;
 use crate::rules::{RuleErrors, RuleSet};
 use crate::session::{
-    open_store, ClosedSet, FeedConfig, Outbox, RelayConfig, StoreError, StoreLocator,
+    open_store, ClosedSet, FeedConfig, LocalCopy, Outbox, RelayConfig, StoreError, StoreLocator,
 };
 use crate::session_gate::SessionGate;
 use crate::shutdown::{self, ShutdownTrigger};
@@ -35,6 +36,32 @@ pub enum StartError {
     Store(StoreError),
     #[error("rules in {dir} do not compile:\n{errors}")]
     Rules { dir: String, errors: RuleErrors },
+}
+
+/// How often the local copy is brought up to date with what the closed set learned.
+const LOCAL_COPY_FLUSH: Duration = Duration::from_millis(200);
+
+async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StartError> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| StartError::Store(StoreError::Failed(format!("loading local state: {e}"))))?
+        .map_err(StartError::Store)
+}
+
+/// With a local copy that once caught up with the store, a start while the store is down
+/// serves from the copy after `wait`: every closure and block it had seen still halts, and
+/// the feed catches up when the store returns.
+async fn serve_from_copy_unless_store_answers(closed: Arc<ClosedSet>, wait: Duration) {
+    tokio::time::sleep(wait).await;
+    if !closed.is_ready() {
+        tracing::warn!(
+            waited = ?wait,
+            "The session store has not answered; serving from the local copy until it does."
+        );
+        closed.mark_ready();
+    }
 }
 
 /// A started proxy. Dropping it shuts it down without waiting.
@@ -69,25 +96,56 @@ impl App {
         let rules = Arc::new(ArcSwap::from_pointee(rules));
 
         let store = open_store(&config.store).await.map_err(StartError::Store)?;
-        let closed = Arc::new(ClosedSet::new());
-        let mut tasks = vec![closed.spawn_feed(store.clone(), FeedConfig::default())];
         let shared_store = matches!(
             StoreLocator::parse(&config.store),
             Ok(StoreLocator::Redis { .. })
         );
-        let outbox = if shared_store {
-            let path = config.outbox.clone();
-            let outbox = tokio::task::spawn_blocking(move || Outbox::open(&path))
-                .await
-                .map_err(|e| StartError::Store(StoreError::Failed(e.to_string())))?
-                .map_err(StartError::Store)?;
+        let mut tasks = Vec::new();
+        let (closed, outbox, local, local_secret) = if shared_store {
+            // A shared store may be unreachable at start: what this instance learned before
+            // (its local copy and its own outbox) is loaded first, so it never forwards a
+            // session or credential it knew was closed or blocked.
+            let closed = Arc::new(ClosedSet::with_journal());
+            let (outbox_path, copy_path) = (config.outbox.clone(), config.local_copy.clone());
+            let loading = closed.clone();
+            let (outbox, local, loaded) = blocking(move || {
+                let outbox = Outbox::open(&outbox_path)?;
+                let local = LocalCopy::open(&copy_path)?;
+                let loaded = local.load_into(&loading)?;
+                for entry in outbox.pending_blocking()? {
+                    let epoch = loading.epoch_for(&entry.session, entry.closure.epoch);
+                    loading.insert_closure(&entry.session, epoch, &entry.closure);
+                }
+                loading.start_journal();
+                Ok((outbox, local, loaded))
+            })
+            .await?;
+            tracing::info!(
+                sessions = loaded.sessions,
+                credentials = loaded.credentials,
+                path = %config.local_copy.display(),
+                "Local copy loaded."
+            );
+            if let Some(cursor) = loaded.cursor.clone() {
+                closed.resume_from(cursor).await;
+            }
+            tasks.push(closed.spawn_feed(store.clone(), FeedConfig::default()));
             tasks.push(outbox.spawn_relay(store.clone(), RelayConfig::default()));
-            Some(outbox)
+            tasks.push(local.spawn_flusher(&closed, LOCAL_COPY_FLUSH));
+            if loaded.cursor.is_some() {
+                tasks.push(tokio::spawn(serve_from_copy_unless_store_answers(
+                    closed.clone(),
+                    config.store_startup_wait,
+                )));
+            }
+            (closed, Some(outbox), Some(local), loaded.secret)
         } else {
-            None
+            let closed = Arc::new(ClosedSet::new());
+            tasks.push(closed.spawn_feed(store.clone(), FeedConfig::default()));
+            (closed, None, None, None)
         };
-        let gate = Arc::new(SessionGate::new(store, closed, outbox));
-        tasks.push(tokio::spawn(gate.clone().load_key()));
+        let gate = Arc::new(SessionGate::new(store, closed, outbox).with_local_copy(local));
+        tasks.push(tokio::spawn(gate.clone().load_key(local_secret)));
         let hooks: Arc<dyn SessionHooks> = Arc::new(gate.clone());
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)

@@ -16,6 +16,8 @@ pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_RULES_DIR: &str = "./rules";
 pub const DEFAULT_STORE: &str = "redb:haltgate.redb";
 pub const DEFAULT_OUTBOX: &str = "haltgate-outbox.redb";
+pub const DEFAULT_LOCAL_COPY: &str = "haltgate-local.redb";
+pub const DEFAULT_STORE_STARTUP_WAIT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// `haltgate.toml` as written. Every table rejects unknown fields.
@@ -28,6 +30,10 @@ pub struct ConfigSpec {
     pub store: Option<String>,
     /// Local durable outbox for closures a Redis store could not take yet.
     pub outbox: Option<PathBuf>,
+    /// This instance's durable copy of the closures and blocks it learned from a Redis store.
+    pub local_copy: Option<PathBuf>,
+    /// How long a start waits for a Redis store before serving from the local copy, e.g. `"5s"`.
+    pub store_startup_wait: Option<String>,
     /// How long in-flight requests may run after SIGTERM/SIGINT, e.g. `"10s"`.
     pub shutdown_grace: Option<String>,
     #[serde(default)]
@@ -73,6 +79,7 @@ pub struct Overrides {
     pub rules: Option<PathBuf>,
     pub store: Option<String>,
     pub outbox: Option<PathBuf>,
+    pub local_copy: Option<PathBuf>,
     /// `NAME=URL` pairs. A name also in the file keeps the file's provider.
     pub routes: Vec<String>,
     pub upstream_ca: Option<PathBuf>,
@@ -90,6 +97,8 @@ pub struct Config {
     pub rules_dir: PathBuf,
     pub store: String,
     pub outbox: PathBuf,
+    pub local_copy: PathBuf,
+    pub store_startup_wait: Duration,
     pub shutdown_grace: Duration,
     pub upstream: UpstreamSettings,
     pub max_body_bytes: usize,
@@ -172,6 +181,11 @@ impl Config {
             flags.shutdown_grace.or(spec.shutdown_grace),
             Duration::from_secs(10),
         );
+        let store_startup_wait = duration(
+            "store_startup_wait",
+            spec.store_startup_wait,
+            DEFAULT_STORE_STARTUP_WAIT,
+        );
         let connect_timeout = duration(
             "upstream.connect_timeout",
             flags.connect_timeout.or(spec.upstream.connect_timeout),
@@ -239,6 +253,11 @@ impl Config {
                 .outbox
                 .or(spec.outbox)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTBOX)),
+            local_copy: flags
+                .local_copy
+                .or(spec.local_copy)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_COPY)),
+            store_startup_wait,
             shutdown_grace,
             upstream: UpstreamSettings {
                 connect_timeout,

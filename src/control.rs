@@ -325,6 +325,10 @@ where
                 Problem::bad_request(format!("{fingerprint:?} is not a credential fingerprint"))
             })?;
             if store.unblock_credential(&fingerprint).await? {
+                // This instance stops refusing the credential before the answer goes out.
+                if let Err(error) = gate.closed().catch_up(store.as_ref()).await {
+                    tracing::warn!(%error, "Unblock stored; this instance learns it with the next catch-up.");
+                }
                 Ok(json_response(
                     StatusCode::OK,
                     json!({"fingerprint": fingerprint.as_str(), "unblocked": true}),

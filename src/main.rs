@@ -19,6 +19,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run; boxing the serve flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
@@ -28,6 +30,25 @@ enum Command {
     Rules(RulesCommand),
     /// Classify recorded exchanges (JSON lines in, one JSON line out per input).
     Classify(ClassifyArgs),
+    /// Check or repair a redb store or outbox file (stop the proxy that uses it first).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Verify the file's integrity and decode every row; exit 1 if it is damaged.
+    /// Works on a copy, so the file itself is never changed.
+    Check {
+        /// The store file (the PATH of redb:PATH) or an outbox file.
+        path: PathBuf,
+    },
+    /// Copy the file to PATH.bak-<unix-seconds>, let redb repair what it can, compact it,
+    /// then check it again; exit 1 if it is still damaged.
+    Repair {
+        /// The store file (the PATH of redb:PATH) or an outbox file.
+        path: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,6 +111,10 @@ struct ServeArgs {
     /// Outbox file for closures a Redis store could not take yet [default: haltgate-outbox.redb].
     #[arg(long, value_name = "FILE")]
     outbox: Option<PathBuf>,
+    /// This instance's durable copy of closures and blocks learned from a Redis store
+    /// [default: haltgate-local.redb].
+    #[arg(long, value_name = "FILE")]
+    local_copy: Option<PathBuf>,
     /// NAME=URL: send /NAME/REST to URL/REST. Repeatable.
     #[arg(long = "route", value_name = "NAME=URL")]
     routes: Vec<String>,
@@ -124,6 +149,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Rules(command) => rules(command),
         Command::Classify(args) => classify(args),
+        Command::Store(command) => store(command),
     };
     match result {
         Ok(code) => code,
@@ -149,6 +175,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         rules: args.rules,
         store: args.store,
         outbox: args.outbox,
+        local_copy: args.local_copy,
         routes: args.routes,
         upstream_ca: args.upstream_ca,
         connect_timeout: args.connect_timeout,
@@ -191,6 +218,15 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
         RulesCommand::Explain { rules, case } => {
             haltgate::rules::cases::explain(&rules, &case, &mut out)?
         }
+    };
+    Ok(exit_code(ok))
+}
+
+fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let ok = match command {
+        StoreCommand::Check { path } => haltgate::session::check_store_file(&path, &mut out)?,
+        StoreCommand::Repair { path } => haltgate::session::repair_store_file(&path, &mut out)?,
     };
     Ok(exit_code(ok))
 }

@@ -9,16 +9,17 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::HeaderMap;
-
 use crate::halt::{
-    BoxFuture, HaltResponse, Matched, Outcome, RequestInfo, SessionHeader, SessionHooks,
+    Admission, BoxFuture, HaltResponse, Matched, Outcome, Refusal, RequestInfo, ScopeUnavailable,
+    SessionHeader, SessionHooks,
 };
 use crate::rules::Class;
 use crate::session::{
     close_or_enqueue, CloseClass, CloseDisposition, ClosedSet, Closure, CredentialBlock,
-    CredentialKey, Fingerprint, Outbox, SessionId, SessionStore, StoreError,
+    CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId, SessionStore,
+    StoreError,
 };
+use crate::synthetic::SyntheticResponse;
 
 /// The session state one proxy instance acts through, shared by the halt layer and the
 /// control API.
@@ -29,6 +30,8 @@ pub struct SessionGate {
     outbox: Option<Outbox>,
     /// Known once the deployment secret was read; credential checks wait for it.
     key: OnceLock<CredentialKey>,
+    /// Present for shared stores: keeps the deployment secret for a start without the store.
+    local: Option<LocalCopy>,
 }
 
 impl SessionGate {
@@ -42,7 +45,13 @@ impl SessionGate {
             closed,
             outbox,
             key: OnceLock::new(),
+            local: None,
         }
+    }
+
+    pub fn with_local_copy(mut self, local: Option<LocalCopy>) -> Self {
+        self.local = local;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
@@ -62,36 +71,71 @@ impl SessionGate {
         self.closed.is_ready() && self.key.get().is_some()
     }
 
-    /// Reads the deployment secret, retrying until the store answers.
-    pub async fn load_key(self: Arc<Self>) {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.store.deployment_secret().await {
-                Ok(secret) => {
-                    match CredentialKey::new(&secret) {
-                        Ok(key) => {
-                            let _ = self.key.set(key);
-                        }
-                        Err(error) => tracing::error!(%error, "Stored credential secret rejected."),
-                    }
-                    return;
+    /// Reads the deployment secret, retrying until the store answers. A secret kept in the
+    /// local copy is used at once, so credentials are checked while the store is down.
+    pub async fn load_key(self: Arc<Self>, kept: Option<Vec<u8>>) {
+        if let Some(kept) = &kept {
+            match CredentialKey::new(kept) {
+                Ok(key) => {
+                    let _ = self.key.set(key);
                 }
+                Err(error) => tracing::error!(%error, "Kept credential secret rejected."),
+            }
+        }
+        let mut delay = Duration::from_millis(100);
+        let secret = loop {
+            match self.store.deployment_secret().await {
+                Ok(secret) => break secret,
                 Err(error) => {
                     tracing::warn!(%error, "Cannot read the deployment secret yet; retrying.");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+        };
+        if kept.as_ref().is_some_and(|kept| *kept != secret) {
+            tracing::error!("The store's deployment secret differs from the one kept locally; credential fingerprints follow the kept one until restart.");
+            return;
+        }
+        match CredentialKey::new(&secret) {
+            Ok(key) => {
+                let _ = self.key.set(key);
+            }
+            Err(error) => {
+                tracing::error!(%error, "Stored credential secret rejected.");
+                return;
+            }
+        }
+        if let (Some(local), None) = (self.local.clone(), kept) {
+            let saved = tokio::task::spawn_blocking(move || local.save_secret(&secret)).await;
+            if !matches!(saved, Ok(Ok(()))) {
+                tracing::warn!("The deployment secret could not be kept in the local copy.");
+            }
         }
     }
 
-    /// Fingerprint of the request's credential (`Authorization`, else `x-api-key`).
-    pub fn fingerprint(&self, headers: &HeaderMap) -> Option<Fingerprint> {
-        let key = self.key.get()?;
-        let raw = headers
-            .get(http::header::AUTHORIZATION)
-            .or_else(|| headers.get("x-api-key"))?;
-        Some(key.fingerprint(raw.as_bytes()))
+    /// Fingerprint of a presented credential, once the deployment secret is known.
+    pub fn fingerprint(&self, credential: &Presented) -> Option<Fingerprint> {
+        Some(self.key.get()?.fingerprint_of(credential))
+    }
+
+    /// A request of `session` presented a blocked credential: the session is closed like on
+    /// any other match (local mark, then the store's atomic close-and-cancel, or the
+    /// outbox), naming the rule that blocked the credential, before the halt is answered.
+    async fn close_for_block(&self, session: &SessionHeader, block: &Detail) -> HaltResponse {
+        let mut closure = Closure::new(
+            block.class.clone(),
+            block.rule.to_string(),
+            "The credential this session presented is blocked.",
+        );
+        if let Some(epoch) = session.epoch {
+            closure = closure.at_epoch(epoch);
+        }
+        let epoch = self.closed.epoch_for(&session.id, session.epoch);
+        if let Err(error) = self.close(&session.id, closure).await {
+            tracing::error!(session = %session.id, %error, "Closure for a blocked credential could not be stored; the session stays halted on this instance.");
+        }
+        HaltResponse::credential_blocked(&block.rule, Some(session.id.as_str()), Some(epoch))
     }
 
     /// Closes a session: marks it closed in the local set at once (later requests halt even
@@ -158,10 +202,11 @@ impl SessionGate {
             .unwrap_or("Access was lost.")
             .to_owned();
 
+        let credential = matched.credentials.first();
         if class == CloseClass::CredentialInvalid {
-            match (&matched.credential, self.key.get()) {
-                (Some(raw), Some(key)) => {
-                    let fingerprint = key.fingerprint(raw.as_bytes());
+            match (credential, self.key.get()) {
+                (Some(presented), Some(key)) => {
+                    let fingerprint = key.fingerprint_of(presented);
                     let block = CredentialBlock::new(
                         fingerprint,
                         class.clone(),
@@ -178,7 +223,7 @@ impl SessionGate {
         }
 
         let Some(SessionHeader { id, epoch }) = session else {
-            if class == CloseClass::CredentialInvalid && matched.credential.is_some() {
+            if class == CloseClass::CredentialInvalid && credential.is_some() {
                 return Outcome::Halt(HaltResponse::rule_matched(
                     class.as_str(),
                     &rule,
@@ -213,44 +258,72 @@ impl SessionGate {
 
 /// The gate is shared: the halt layer and the control API hold the same one.
 impl SessionHooks for Arc<SessionGate> {
-    fn before_forward(&self, request: &RequestInfo<'_>) -> Option<HaltResponse> {
+    fn before_forward(&self, request: &RequestInfo<'_>) -> Admission {
+        if !self.is_ready() {
+            // Unknown is not "open": a request that names a session or carries a credential
+            // waits until this instance knows which are closed and blocked.
+            let identified = request.session.is_some()
+                || Presented::body_may_carry(request.headers)
+                || !Presented::in_head(request.headers, request.query).is_empty();
+            return if identified {
+                Admission::Refuse(Refusal::Error(SyntheticResponse::not_ready()))
+            } else {
+                Admission::Forward
+            };
+        }
         if let Some(session) = request.session {
             if let Some(entry) = self.closed.check(&session.id, session.epoch) {
-                return Some(HaltResponse::session_closed(
+                return Admission::Refuse(Refusal::Halt(HaltResponse::session_closed(
                     entry.class.as_str(),
                     &entry.rule,
                     session.id.as_str(),
                     entry.epoch,
-                ));
+                )));
             }
         }
-        if self.closed.any_blocked() {
-            if let Some(fingerprint) = self.fingerprint(request.headers) {
-                if let Some(block) = self.closed.blocked(&fingerprint) {
-                    return Some(HaltResponse::credential_blocked(
-                        &block.rule,
-                        request.session.map(|s| s.id.as_str()),
-                        request.session.and_then(|s| s.epoch),
-                    ));
-                }
-            }
+        if !self.closed.any_blocked() {
+            return Admission::Forward;
         }
-        None
+        let Some(key) = self.key.get() else {
+            return Admission::Refuse(Refusal::Error(SyntheticResponse::not_ready()));
+        };
+        let mut presented = Presented::in_head(request.headers, request.query);
+        if let Some(body) = request.body {
+            presented.extend(Presented::in_form(body));
+        }
+        let block = presented
+            .iter()
+            .find_map(|credential| self.closed.blocked(&key.fingerprint_of(credential)));
+        match (block, request.session) {
+            (Some(block), Some(session)) => {
+                let gate = self.clone();
+                let session = session.clone();
+                Admission::Refuse(Refusal::HaltAfter(Box::pin(async move {
+                    gate.close_for_block(&session, &block).await
+                })))
+            }
+            (Some(block), None) => Admission::Refuse(Refusal::Halt(
+                HaltResponse::credential_blocked(&block.rule, None, None),
+            )),
+            (None, _) if request.body.is_none() && Presented::body_may_carry(request.headers) => {
+                Admission::NeedsBody
+            }
+            (None, _) => Admission::Forward,
+        }
     }
 
-    fn scope(&self, session: &SessionHeader) -> BoxFuture<'static, Option<serde_json::Value>> {
+    fn scope(
+        &self,
+        session: &SessionHeader,
+    ) -> BoxFuture<'static, Result<Option<serde_json::Value>, ScopeUnavailable>> {
         let store = self.store.clone();
         let id = session.id.clone();
         Box::pin(async move {
-            match store.get(&id).await {
-                Ok(record) => record.and_then(|r| r.scope),
-                Err(error) => {
-                    // Without the scope, scope rules do not hold; rules for unscoped sessions
-                    // may still decide.
-                    tracing::warn!(session = %id, %error, "Session scope unavailable.");
-                    None
-                }
-            }
+            store
+                .get(&id)
+                .await
+                .map(|record| record.and_then(|r| r.scope))
+                .map_err(|error| ScopeUnavailable(error.to_string()))
         })
     }
 

@@ -19,6 +19,8 @@ pub struct SyntheticResponse {
     pub kind: &'static str,
     /// One plain sentence saying what failed.
     pub message: String,
+    /// Sent as `Retry-After` (seconds) when the condition is expected to clear.
+    pub retry_after_secs: Option<u32>,
 }
 
 impl SyntheticResponse {
@@ -27,6 +29,7 @@ impl SyntheticResponse {
             status,
             kind,
             message: message.into(),
+            retry_after_secs: None,
         }
     }
 
@@ -86,12 +89,29 @@ impl SyntheticResponse {
         )
     }
 
+    /// The proxy does not know yet which sessions are closed and which credentials are
+    /// blocked (its local view is still loading, or nothing can be read: no local copy and no
+    /// store). A request that names a session or carries a credential is refused rather than
+    /// forwarded blindly.
+    pub fn not_ready() -> Self {
+        Self {
+            retry_after_secs: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "haltgate is loading its session state; retry shortly.",
+            )
+        }
+    }
+
     pub fn into_response(self) -> Response<ProxyBody> {
         let body = json!({ "error": { "kind": self.kind, "message": self.message } });
         let mut response = json_response(self.status, body);
-        response
-            .headers_mut()
-            .insert(X_HALTGATE_ERROR, HeaderValue::from_static(self.kind));
+        let headers = response.headers_mut();
+        headers.insert(X_HALTGATE_ERROR, HeaderValue::from_static(self.kind));
+        if let Some(seconds) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }

@@ -333,6 +333,12 @@ async fn an_invalid_credential_is_blocked_for_every_session_until_unblocked() {
     assert_eq!(upstream.hits(), hits);
     let (status, _, _) = send(post_message(&proxy, "c3", None, "ok", "xoxb-OTHER")).await;
     assert_eq!(status, 200);
+    let (_, record) = control(&proxy, "GET", "/v1/sessions/c2", None).await;
+    assert_eq!(
+        record["status"], "closed",
+        "a session using a blocked credential is closed"
+    );
+    assert_eq!(record["rule"], "slack.invalid_auth");
 
     let (_, listed) = control(&proxy, "GET", "/v1/credentials", None).await;
     let listed = listed["credentials"].as_array().unwrap().clone();
@@ -348,8 +354,11 @@ async fn an_invalid_credential_is_blocked_for_every_session_until_unblocked() {
     .await;
     assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, _, _) = send(post_message(&proxy, "c2", None, "ok", "xoxb-REVOKED")).await;
+    for attempt in 0.. {
+        // A session that used the token while it was still blocked is closed: each try
+        // is a new session.
+        let session = format!("c4-{attempt}");
+        let (status, _, _) = send(post_message(&proxy, &session, None, "ok", "xoxb-REVOKED")).await;
         if status == 200 {
             break;
         }
@@ -529,11 +538,25 @@ async fn a_closure_while_redis_is_down_halts_at_once_and_lands_when_redis_return
     open_session(&proxy, "d1").await;
 
     redis.kill();
+    // Rules that compare with the session scope cannot decide while it cannot be read; a
+    // revoked token needs no scope.
+    let (status, _, body) = send(post_message(&proxy, "d1", None, "kick", "xoxb-REDACTED")).await;
+    assert_eq!(
+        status, 200,
+        "unknown scope: passed unchanged, nothing closed"
+    );
+    assert_eq!(body["error"], "not_in_channel");
     let started = Instant::now();
-    let (status, headers, _) =
-        send(post_message(&proxy, "d1", None, "kick", "xoxb-REDACTED")).await;
+    let (status, headers, _) = send(post_message(
+        &proxy,
+        "d1",
+        None,
+        "invalid_auth",
+        "xoxb-REDACTED",
+    ))
+    .await;
     assert_eq!(status, 410);
-    assert_eq!(headers["x-haltgate-halt"], "lost_access");
+    assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
     println!("halt while Redis is down took {:?}", started.elapsed());
     let hits = upstream.hits();
     let (status, _, _) = send(post_message(&proxy, "d1", None, "ok", "xoxb-REDACTED")).await;
@@ -546,10 +569,8 @@ async fn a_closure_while_redis_is_down_halts_at_once_and_lands_when_redis_return
     loop {
         let (status, record) = control(&proxy, "GET", "/v1/sessions/d1", None).await;
         if status == 200 && record["status"] == "closed" {
-            // The scope could not be read while Redis was down, so the unscoped write rule
-            // decided; it names the same loss of access.
-            assert_eq!(record["rule"], headers["x-haltgate-rule"].to_str().unwrap());
-            assert_eq!(record["class"], "lost_access");
+            assert_eq!(record["rule"], "slack.invalid_auth");
+            assert_eq!(record["class"], "credential_invalid");
             break;
         }
         assert!(

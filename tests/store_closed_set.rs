@@ -85,7 +85,7 @@ async fn follows_the_store(
     let feed = set.spawn_feed(reader, live_only());
     wait_for("bootstrap", Duration::from_secs(5), || set.is_ready()).await;
     assert_eq!(
-        set.check(&closed_before, None).unwrap().rule,
+        &*set.check(&closed_before, None).unwrap().rule,
         "slack.not_in_channel"
     );
     assert!(set.check(&reopened_before, None).is_none());

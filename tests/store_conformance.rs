@@ -377,7 +377,7 @@ async fn close_with_an_older_epoch_is_fenced_and_changes_nothing(b: &impl Backen
     assert_eq!(all_events(store.as_ref()).await.len(), events_before);
 }
 
-async fn close_with_a_newer_epoch_closes_that_epoch(b: &impl Backend, case: &str) {
+async fn close_with_a_later_epoch_closes_the_current_generation(b: &impl Backend, case: &str) {
     let store = b.store(case).await;
     let s = sid("s");
     store.open(&s, OpenSpec::new()).await.unwrap();
@@ -389,11 +389,25 @@ async fn close_with_a_newer_epoch_closes_that_epoch(b: &impl Backend, case: &str
     else {
         panic!("expected Closed");
     };
-    assert_eq!((record.epoch, cancelled_wakeups), (5, 1));
-    assert_eq!(store.open(&s, OpenSpec::new()).await.unwrap().epoch, 6);
+    assert_eq!((record.epoch, cancelled_wakeups), (0, 1));
+    assert!(
+        matches!(
+            store
+                .close(&s, lost_access("r").at_epoch(MAX_EXACT_INTEGER))
+                .await
+                .unwrap(),
+            CloseOutcome::AlreadyClosed { .. }
+        ),
+        "a later epoch names the closed current generation"
+    );
     assert_eq!(
-        store.close(&s, lost_access("r").at_epoch(5)).await.unwrap(),
-        CloseOutcome::Fenced { current_epoch: 6 }
+        store.open(&s, OpenSpec::new()).await.unwrap().epoch,
+        1,
+        "a reopen always has room"
+    );
+    assert_eq!(
+        store.close(&s, lost_access("r").at_epoch(0)).await.unwrap(),
+        CloseOutcome::Fenced { current_epoch: 1 }
     );
 }
 
@@ -690,12 +704,12 @@ async fn events_after_pages_in_order_without_gaps_or_duplicates(b: &impl Backend
         .unwrap()
         .events
         .is_empty());
-    store
-        .close(&sessions[0], lost_access("r").at_epoch(9))
-        .await
-        .unwrap();
+    store.open(&sessions[0], OpenSpec::new()).await.unwrap();
     let next = store.events_after(Some(&end), 5).await.unwrap();
-    assert_eq!(kinds_and_epochs(&next.events), vec![(EventKind::Closed, 9)]);
+    assert_eq!(
+        kinds_and_epochs(&next.events),
+        vec![(EventKind::Reopened, 2)]
+    );
 
     let bad = haltgate::session::EventCursor::from_token("elsewhere:1");
     assert!(matches!(
@@ -879,7 +893,7 @@ macro_rules! run_cases {
             close_cancels_every_pending_wakeup,
             repeated_close_is_already_closed_without_a_second_event,
             close_with_an_older_epoch_is_fenced_and_changes_nothing,
-            close_with_a_newer_epoch_closes_that_epoch,
+            close_with_a_later_epoch_closes_the_current_generation,
             close_without_epoch_observed_before_a_reopen_is_fenced,
             add_wakeup_to_a_closed_session_is_refused,
             claim_hands_out_each_due_wakeup_once_and_none_of_closed_sessions,

@@ -95,7 +95,8 @@ async fn check_against_model(store: &dyn SessionStore, ops: &[Op]) -> Result<(),
                 let mut closure = Closure::new(CloseClass::LostAccess, "model.rule", "model");
                 closure.epoch = epoch;
                 let outcome = store.close(&ids[*i], closure).await.unwrap();
-                let target = epoch.unwrap_or(m.epoch);
+                // Only a reopen starts a generation: a later epoch closes the current one.
+                let target = epoch.unwrap_or(m.epoch).min(m.epoch);
                 if target < m.epoch {
                     prop_assert_eq!(
                         outcome,

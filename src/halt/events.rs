@@ -126,6 +126,7 @@ impl Body for InspectEvents {
                     this.acting = Some(Box::pin(act(
                         decision,
                         &this.request,
+                        &this.request_body,
                         status,
                         detail,
                         &this.shared,

@@ -12,7 +12,8 @@ use http::HeaderMap;
 
 use super::response::HaltResponse;
 use crate::rules::Decision;
-use crate::session::SessionId;
+use crate::session::{Presented, SessionId};
+use crate::synthetic::SyntheticResponse;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -30,7 +31,35 @@ pub struct RequestInfo<'a> {
     pub provider: &'a str,
     pub session: Option<&'a SessionHeader>,
     pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+    /// The start of the body (at most `max_body_bytes`), once a hook asked for it with
+    /// [`Admission::NeedsBody`].
+    pub body: Option<&'a [u8]>,
 }
+
+/// What [`SessionHooks::before_forward`] decided about a request.
+pub enum Admission {
+    Forward,
+    /// Call again with [`RequestInfo::body`] set: the decision depends on the body.
+    NeedsBody,
+    /// Answer in the upstream's place; nothing is sent upstream.
+    Refuse(Refusal),
+}
+
+/// The answer to a request that is not forwarded.
+pub enum Refusal {
+    Halt(HaltResponse),
+    /// The halt, once the future completes (e.g. the session of a blocked credential is
+    /// closed first).
+    HaltAfter(BoxFuture<'static, HaltResponse>),
+    /// A proxy error, e.g. `not_ready`.
+    Error(SyntheticResponse),
+}
+
+/// Why the session scope could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("session scope unavailable: {0}")]
+pub struct ScopeUnavailable(pub String);
 
 /// A decisive rule match on one upstream response.
 #[derive(Debug, Clone)]
@@ -42,8 +71,9 @@ pub struct Matched {
     /// When the request arrived (unix ms): a closure without an epoch applies to the
     /// generation current then, not to one opened while the request was under way.
     pub started_ms: u64,
-    /// The request's credential headers (`authorization`, `x-api-key`), for credential blocks.
-    pub credential: Option<http::HeaderValue>,
+    /// The credentials the request presented, in the order the provider reads them; a
+    /// credential block applies to the first.
+    pub credentials: Vec<Presented>,
     /// A capped excerpt of the matched body, recorded as the closure's detail.
     pub detail: String,
 }
@@ -60,12 +90,18 @@ pub enum Outcome {
 /// Decision points of the halt layer. Every method has a documented default in [`LogOnly`].
 pub trait SessionHooks: Send + Sync + 'static {
     /// Runs before forwarding, on every request. Must be local and cheap (no I/O): it is the
-    /// hot path. `Some` answers the request at once and nothing is sent upstream.
-    fn before_forward(&self, request: &RequestInfo<'_>) -> Option<HaltResponse>;
+    /// hot path. Anything but [`Admission::Forward`] answers the request without sending it
+    /// upstream.
+    fn before_forward(&self, request: &RequestInfo<'_>) -> Admission;
 
     /// Runs only when a rule that compares with the session scope would decide. Returns the
-    /// session's scope, or `None` when it has none (then scope comparisons do not hold).
-    fn scope(&self, session: &SessionHeader) -> BoxFuture<'static, Option<serde_json::Value>>;
+    /// session's scope, or `None` when it has none (then scope comparisons do not hold). An
+    /// error means it cannot be known: the response then passes undecided and nothing is
+    /// closed.
+    fn scope(
+        &self,
+        session: &SessionHeader,
+    ) -> BoxFuture<'static, Result<Option<serde_json::Value>, ScopeUnavailable>>;
 
     /// Runs once per response that an `enforce` rule matched, in a task of its own: it
     /// completes even if the agent disconnects. `lost_access` and
@@ -79,12 +115,15 @@ pub trait SessionHooks: Send + Sync + 'static {
 pub struct LogOnly;
 
 impl SessionHooks for LogOnly {
-    fn before_forward(&self, _request: &RequestInfo<'_>) -> Option<HaltResponse> {
-        None
+    fn before_forward(&self, _request: &RequestInfo<'_>) -> Admission {
+        Admission::Forward
     }
 
-    fn scope(&self, _session: &SessionHeader) -> BoxFuture<'static, Option<serde_json::Value>> {
-        Box::pin(async { None })
+    fn scope(
+        &self,
+        _session: &SessionHeader,
+    ) -> BoxFuture<'static, Result<Option<serde_json::Value>, ScopeUnavailable>> {
+        Box::pin(async { Ok(None) })
     }
 
     fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome> {

@@ -45,7 +45,10 @@ mod response;
 mod service;
 mod stats;
 
-pub use hooks::{BoxFuture, LogOnly, Matched, Outcome, RequestInfo, SessionHeader, SessionHooks};
+pub use hooks::{
+    Admission, BoxFuture, LogOnly, Matched, Outcome, Refusal, RequestInfo, ScopeUnavailable,
+    SessionHeader, SessionHooks,
+};
 pub use layer::HaltLayer;
 pub use response::{
     HaltResponse, HALT_STATUS, X_HALTGATE_ACTION, X_HALTGATE_HALT, X_HALTGATE_RULE,

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::BoxFuture;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
@@ -13,7 +13,9 @@ use tower_service::Service;
 
 use super::body::{Capture, CapturedPrefix, Replay};
 use super::events::InspectEvents;
-use super::hooks::{Matched, Outcome, RequestInfo, SessionHeader, SessionHooks};
+use super::hooks::{
+    Admission, Matched, Outcome, Refusal, RequestInfo, SessionHeader, SessionHooks,
+};
 use super::response::X_HALTGATE_ACTION;
 use super::stats::HaltStats;
 use crate::body::{self, BoxError, ProxyBody};
@@ -21,7 +23,7 @@ use crate::route::Target;
 use crate::rules::{
     is_event_stream, Class, Decision, Exchange, ExchangeHead, ResponseBody, RuleSet, Scope, Verdict,
 };
-use crate::session::{unix_ms_now, SessionId, MAX_DETAIL_BYTES};
+use crate::session::{unix_ms_now, Presented, SessionId, MAX_DETAIL_BYTES, MAX_EXACT_INTEGER};
 use crate::synthetic::SyntheticResponse;
 
 /// Request header naming the agent session.
@@ -62,7 +64,10 @@ pub(crate) struct RequestSnapshot {
 
 impl<S> Service<Request<ProxyBody>> for Halt<S>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<ProxyBody>;
@@ -93,17 +98,85 @@ where
                 return Box::pin(async move { Ok(response) });
             }
         };
-        let info = RequestInfo {
+        let admission = shared.hooks.before_forward(&RequestInfo {
             provider: &provider,
             session: session.as_ref(),
             headers: request.headers(),
+            query: request.uri().query(),
+            body: None,
+        });
+        let pending = Pending {
+            provider,
+            path_and_query,
+            session,
         };
-        if let Some(halt) = shared.hooks.before_forward(&info) {
-            HaltStats::bump(&shared.stats.short_circuited);
-            let response = halt.into_response();
-            return Box::pin(async move { Ok(response) });
+        match admission {
+            Admission::Forward => {
+                Box::pin(pending.forward(request, shared, |r| self.inner.call(r)))
+            }
+            Admission::NeedsBody => {
+                // The service is ready now; a clone takes its place for the next call.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                Box::pin(pending.admit_with_body(ready, request, shared))
+            }
+            Admission::Refuse(refusal) => Box::pin(answer(refusal, shared)),
         }
+    }
+}
 
+/// What is known of a request between admission and forwarding.
+struct Pending {
+    provider: Arc<str>,
+    path_and_query: String,
+    session: Option<SessionHeader>,
+}
+
+impl Pending {
+    /// Reads the start of the request body, asks the hooks again with it, then forwards the
+    /// whole body unchanged or answers in its place.
+    async fn admit_with_body<S>(
+        self,
+        mut inner: S,
+        request: Request<ProxyBody>,
+        shared: Arc<Shared>,
+    ) -> Result<Response<ProxyBody>, BoxError>
+    where
+        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
+        S::Future: Send + 'static,
+    {
+        let limit = shared.rules.load().max_body_bytes();
+        let (parts, mut body) = request.into_parts();
+        let buffered = Buffered::read(&mut body, limit).await;
+        let prefix = buffered.data();
+        let admission = shared.hooks.before_forward(&RequestInfo {
+            provider: &self.provider,
+            session: self.session.as_ref(),
+            headers: &parts.headers,
+            query: parts.uri.query(),
+            body: Some(&prefix),
+        });
+        match admission {
+            Admission::Forward | Admission::NeedsBody => {
+                let body = body::boxed(buffered.into_replay(body));
+                let request = Request::from_parts(parts, body);
+                self.forward(request, shared, |r| inner.call(r)).await
+            }
+            Admission::Refuse(refusal) => answer(refusal, shared).await,
+        }
+    }
+
+    /// Sends the request on (its body copied aside up to the limit for the rules), then
+    /// inspects the response.
+    fn forward<F>(
+        self,
+        request: Request<ProxyBody>,
+        shared: Arc<Shared>,
+        send: impl FnOnce(Request<ProxyBody>) -> F,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, BoxError>> + Send + 'static
+    where
+        F: Future<Output = Result<Response<ProxyBody>, BoxError>> + Send + 'static,
+    {
         let limit = shared.rules.load().max_body_bytes();
         let (parts, body) = request.into_parts();
         let (body, captured) = if body.is_end_stream() {
@@ -113,22 +186,41 @@ where
             (body::boxed(capture), prefix)
         };
         let snapshot = RequestSnapshot {
-            provider,
+            provider: self.provider,
             method: parts.method.clone(),
-            path_and_query,
+            path_and_query: self.path_and_query,
             headers: parts.headers.clone(),
             body: captured,
-            session,
+            session: self.session,
             started_ms: unix_ms_now(),
         };
-        let forwarded = self.inner.call(Request::from_parts(parts, body));
-        Box::pin(forwarded.then(move |result| async move {
-            match result {
-                Ok(response) => Ok(inspect(response, snapshot, shared).await),
-                Err(error) => Err(error),
-            }
-        }))
+        let forwarded = send(Request::from_parts(parts, body));
+        async move {
+            let response = forwarded.await?;
+            Ok(inspect(response, snapshot, shared).await)
+        }
     }
+}
+
+/// The answer to a request the hooks did not admit.
+async fn answer(refusal: Refusal, shared: Arc<Shared>) -> Result<Response<ProxyBody>, BoxError> {
+    let response = match refusal {
+        Refusal::Halt(halt) => {
+            HaltStats::bump(&shared.stats.short_circuited);
+            halt.into_response()
+        }
+        Refusal::HaltAfter(halt) => {
+            HaltStats::bump(&shared.stats.short_circuited);
+            halt.await.into_response()
+        }
+        Refusal::Error(error) => {
+            if error.kind == "not_ready" {
+                HaltStats::bump(&shared.stats.not_ready);
+            }
+            error.into_response()
+        }
+    };
+    Ok(response)
 }
 
 /// Reads `x-haltgate-session` and `x-haltgate-epoch`.
@@ -151,7 +243,10 @@ pub fn session_header(headers: &HeaderMap) -> Result<Option<SessionHeader>, Stri
                 .to_str()
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| format!("{X_HALTGATE_EPOCH} must be a non-negative integer"))?,
+                .filter(|&epoch| epoch <= MAX_EXACT_INTEGER)
+                .ok_or_else(|| {
+                    format!("{X_HALTGATE_EPOCH} must be an integer from 0 to {MAX_EXACT_INTEGER}")
+                })?,
         ),
     };
     Ok(Some(SessionHeader { id, epoch }))
@@ -221,7 +316,16 @@ async fn inspect(
         return Response::from_parts(parts, replay);
     };
     let detail = excerpt(complete.as_deref().unwrap_or_default());
-    match act(decision, &request, parts.status.as_u16(), detail, &shared).await {
+    match act(
+        decision,
+        &request,
+        &request_body,
+        parts.status.as_u16(),
+        detail,
+        &shared,
+    )
+    .await
+    {
         Outcome::Halt(halt) => halt.into_response(),
         Outcome::Forward { action } => {
             if let Some(action) = action {
@@ -268,7 +372,22 @@ async fn decide(
         Verdict::Decided(decision) => decision,
         Verdict::NeedsScope => {
             let scope = match &request.session {
-                Some(session) => shared.hooks.scope(session).await,
+                Some(session) => match shared.hooks.scope(session).await {
+                    Ok(scope) => scope,
+                    Err(unavailable) => {
+                        // Unknown is not absent: a rule that compares with the scope cannot
+                        // decide, so nothing is closed on a guess.
+                        HaltStats::bump(&shared.stats.undecided);
+                        tracing::warn!(
+                            provider = %request.provider,
+                            session = %session.id,
+                            error = %unavailable,
+                            upstream_status = parts.status.as_u16(),
+                            "Response left undecided: a rule needs the session scope."
+                        );
+                        return None;
+                    }
+                },
                 None => None,
             };
             exchange.scope = Scope::Known(scope.as_ref());
@@ -306,16 +425,20 @@ pub(crate) fn note_shadow(
 pub(crate) fn act(
     decision: Decision,
     request: &RequestSnapshot,
+    request_body: &[u8],
     upstream_status: u16,
     detail: String,
     shared: &Shared,
 ) -> impl Future<Output = Outcome> + Send + 'static {
     HaltStats::bump(&shared.stats.matched);
-    let credential = request
-        .headers
-        .get(header::AUTHORIZATION)
-        .or_else(|| request.headers.get("x-api-key"))
-        .cloned();
+    let query = request
+        .path_and_query
+        .split_once('?')
+        .map(|(_, query)| query);
+    let mut credentials = Presented::in_head(&request.headers, query);
+    if Presented::body_may_carry(&request.headers) {
+        credentials.extend(Presented::in_form(request_body));
+    }
     tracing::info!(
         provider = %request.provider,
         class = %decision.class,
@@ -330,7 +453,7 @@ pub(crate) fn act(
         decision,
         upstream_status,
         started_ms: request.started_ms,
-        credential,
+        credentials,
         detail,
     }));
     async move {
@@ -399,6 +522,17 @@ impl Buffered {
             }
         }
         buffered
+    }
+
+    /// Every data byte read so far, whether or not the body ended.
+    fn data(&self) -> Bytes {
+        let mut data = BytesMut::with_capacity(self.len);
+        for frame in &self.frames {
+            if let Some(bytes) = frame.data_ref() {
+                data.extend_from_slice(bytes);
+            }
+        }
+        data.freeze()
     }
 
     /// The whole body, when it ended within the limit; one frame is shared, not copied.

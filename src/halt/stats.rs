@@ -11,6 +11,11 @@ pub struct HaltStats {
     pub short_circuited: AtomicU64,
     /// Responses whose body was larger than `max_body_bytes` and passed uninspected.
     pub uninspected: AtomicU64,
+    /// Responses a rule could not decide because state it depends on (the session scope)
+    /// could not be read; they passed unchanged and nothing was closed.
+    pub undecided: AtomicU64,
+    /// Requests refused with `not_ready` because the session state was not loaded.
+    pub not_ready: AtomicU64,
 }
 
 impl HaltStats {
@@ -24,6 +29,8 @@ impl HaltStats {
             "shadow_matched": self.shadow_matched.load(Ordering::Relaxed),
             "short_circuited": self.short_circuited.load(Ordering::Relaxed),
             "uninspected": self.uninspected.load(Ordering::Relaxed),
+            "undecided": self.undecided.load(Ordering::Relaxed),
+            "not_ready": self.not_ready.load(Ordering::Relaxed),
         })
     }
 }

@@ -182,3 +182,15 @@ pub struct Snapshot {
     pub sessions: Vec<SessionMark>,
     pub credentials: Vec<CredentialMark>,
 }
+
+/// One page of [`SessionStore::snapshot_page`](super::SessionStore::snapshot_page).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotPage {
+    /// The log position the whole snapshot is consistent with, when read from the first page
+    /// (later pages repeat a position at least as new; readers keep the first).
+    pub cursor: EventCursor,
+    pub sessions: Vec<SessionMark>,
+    pub credentials: Vec<CredentialMark>,
+    /// Pass back to read the next page; `None` on the last one.
+    pub next: Option<String>,
+}

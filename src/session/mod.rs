@@ -26,7 +26,8 @@
 //! in the same atomic step, so no wakeup of a closed session is ever handed out.
 //!
 //! # Store URLs
-//! - `redb:PATH`: embedded database file, created if missing.
+//! - `redb:PATH`: embedded database file, created only where no file exists; an empty,
+//!   truncated or damaged file is refused (`haltgate store check|repair PATH`).
 //! - `redis://[user:pass@]HOST:PORT[/DB][?options]`: standalone Redis.
 //! - `redis+cluster://[user:pass@]HOST:PORT,HOST:PORT[?options]`, or `redis://HOST:PORT?cluster=true`:
 //!   Redis Cluster, seeded from the listed nodes.
@@ -43,19 +44,25 @@ mod closed_set;
 mod credential;
 mod error;
 mod event;
+mod local_copy;
+mod mark_row;
 mod model;
 mod outbox;
+mod redb_file;
 mod redb_store;
 mod redis_store;
 mod store_url;
 
-pub use closed_set::{CatchUp, ClosedEntry, ClosedSet, FeedConfig};
-pub use credential::{CredentialBlock, CredentialKey, Fingerprint, InvalidFingerprint};
+pub use closed_set::{CatchUp, ClosedEntry, ClosedSet, Detail, FeedConfig, ViewChange};
+pub use credential::{
+    CredentialBlock, CredentialKey, CredentialPlace, Fingerprint, InvalidFingerprint, Presented,
+};
 pub use error::StoreError;
 pub use event::{
     ClosureSummary, CredentialMark, EventCursor, EventKind, EventPage, Notice, SessionMark,
-    Snapshot, StateEvent,
+    Snapshot, SnapshotPage, StateEvent,
 };
+pub use local_copy::{LoadedCopy, LocalCopy};
 pub use model::{
     unix_ms_now, AddWakeup, ClaimedWakeup, CloseClass, CloseOutcome, Closure, ClosureInfo,
     InvalidSessionId, OpenSpec, SessionId, SessionRecord, SessionStatus, Wakeup, MAX_DETAIL_BYTES,
@@ -64,6 +71,7 @@ pub use model::{
 pub use outbox::{
     close_or_enqueue, CloseDisposition, DeadLetter, Outbox, OutboxEntry, RelayConfig,
 };
+pub use redb_file::{check_store_file, repair_store_file};
 pub use redb_store::{RedbOptions, RedbStore};
 pub use redis_store::{RedisOptions, RedisStore, RedisTarget};
 pub use store_url::StoreLocator;
@@ -94,8 +102,9 @@ pub trait SessionStore: Send + Sync + 'static {
     ///
     /// - epoch older than stored → [`CloseOutcome::Fenced`], nothing written;
     /// - epoch equal to stored and already closed → [`CloseOutcome::AlreadyClosed`], no event;
-    /// - epoch newer than stored → closed **at that epoch** (the session moved on in a place
-    ///   this store had not heard of; the newer generation is what is closed);
+    /// - epoch newer than stored → the **current** generation is closed (only a reopen
+    ///   starts a generation, so a later epoch names nothing that exists; a closed session
+    ///   stays closed for every epoch until reopened, and a reopen always has room);
     /// - epoch `None` → the current epoch, unless the current generation was opened after
     ///   `closure.at_ms` (then `Fenced`: the closure was observed on an older generation).
     fn close(
@@ -160,6 +169,29 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Every session with closure history and every credential ever blocked, with the log
     /// position the read is consistent with. Used to bootstrap and after a gap.
     fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, StoreError>>;
+
+    /// The same snapshot in pages (`from`: the previous page's `next`), so a large state is
+    /// never held twice in memory. The default is one page.
+    fn snapshot_page(
+        &self,
+        from: Option<String>,
+    ) -> BoxFuture<'_, Result<SnapshotPage, StoreError>> {
+        Box::pin(async move {
+            if let Some(from) = from {
+                return Err(StoreError::InvalidCursor {
+                    cursor: from,
+                    reason: "this store reads its snapshot in one page".into(),
+                });
+            }
+            let snapshot = self.snapshot().await?;
+            Ok(SnapshotPage {
+                cursor: snapshot.cursor,
+                sessions: snapshot.sessions,
+                credentials: snapshot.credentials,
+                next: None,
+            })
+        })
+    }
 
     /// Live notifications of every instance's changes. Must be called inside a Tokio runtime:
     /// it starts a task that ends when the receiver is dropped. The first notice is always

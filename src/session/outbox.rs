@@ -15,7 +15,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, TableError, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -23,12 +24,57 @@ use tokio::task::JoinHandle;
 
 use super::error::StoreError;
 use super::model::{unix_ms_now, CloseOutcome, Closure, SessionId};
+use super::redb_file::{each_row, open_or_create, Depth, FileKind, FileLayout, RowReport};
 use super::SessionStore;
 
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const LAST_ID: &str = "last_id";
+
+/// The outbox file's tables, for opening and for `haltgate store check|repair`.
+pub(super) const LAYOUT: FileLayout = FileLayout {
+    kind: FileKind::Outbox,
+    marker_table: "pending",
+    create_tables,
+    scan: scan_rows,
+};
+
+fn create_tables(txn: &WriteTransaction) -> Result<(), TableError> {
+    txn.open_table(PENDING)?;
+    txn.open_table(DEAD)?;
+    txn.open_table(COUNTERS)?;
+    Ok(())
+}
+
+/// Reads every row; at [`Depth::Decode`] also decodes each as the relay does.
+fn scan_rows(txn: &ReadTransaction, report: &mut RowReport, depth: Depth) {
+    fn decoded<T: for<'de> Deserialize<'de>>(
+        what: &str,
+        id: u64,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        serde_json::from_slice::<T>(bytes)
+            .map(drop)
+            .map_err(|e| format!("{what} {id}: {e}"))
+    }
+    let decoding = depth == Depth::Decode;
+    let pending = each_row(txn, PENDING, report, |id, value| {
+        if !decoding {
+            return Ok(());
+        }
+        decoded::<OutboxEntry>("pending closure", id.value(), value.value())
+    });
+    let dead = each_row(txn, DEAD, report, |id, value| {
+        if !decoding {
+            return Ok(());
+        }
+        decoded::<DeadLetter>("dead letter", id.value(), value.value())
+    });
+    each_row(txn, COUNTERS, report, |_, _| Ok(()));
+    report.count("pending closures", pending);
+    report.count("dead letters", dead);
+}
 
 /// A closure waiting to reach the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,21 +138,11 @@ fn db_err(err: impl std::fmt::Display) -> StoreError {
 }
 
 impl Outbox {
-    /// Opens (or creates) the outbox file. Blocking.
+    /// Opens the outbox file, creating it only when no file exists at `path`; an empty,
+    /// truncated or damaged file is refused (see [`RedbStore::open`](super::RedbStore::open)).
+    /// Blocking.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Failed(format!("creating {}: {e}", parent.display())))?;
-        }
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Failed(format!("opening outbox {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(db_err)?;
-        {
-            txn.open_table(PENDING).map_err(db_err)?;
-            txn.open_table(DEAD).map_err(db_err)?;
-            txn.open_table(COUNTERS).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
+        let db = open_or_create(path, &LAYOUT)?;
         Ok(Outbox {
             inner: Arc::new(Inner { db }),
             wake: Arc::new(Notify::new()),
@@ -137,6 +173,11 @@ impl Outbox {
     /// Pending records, oldest first.
     pub async fn pending(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         self.blocking(|inner| inner.list(PENDING)).await
+    }
+
+    /// Pending records, oldest first. Blocking: for startup, before the runtime serves.
+    pub fn pending_blocking(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.inner.list(PENDING)
     }
 
     pub async fn len(&self) -> Result<usize, StoreError> {

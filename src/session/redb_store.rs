@@ -1,22 +1,24 @@
 //! [`RedbStore`]: the single-node store, one embedded redb file.
 //!
-//! Every operation is one redb write transaction committed with `Durability::Immediate`
-//! (fsynced before the call returns), run on Tokio's blocking pool. redb allows one writer
-//! at a time, which is what makes each operation atomic. Live notifications are an
-//! in-process broadcast sent after commit, so only handles of this process see them; a redb
-//! file is not meant to be shared by several processes.
+//! Every write is one redb write transaction of its own (atomic alone), run in order on one
+//! writer thread; a call returns only once its write is on disk. The writer makes each batch
+//! of queued writes durable with one fsync (group commit, see [`Writer`]). Reads run on
+//! Tokio's blocking pool. Live notifications are an in-process broadcast sent once a write
+//! is on disk, so only handles of this process see them; a redb file is not meant to be
+//! shared by several processes.
 //!
 //! Tables: `sessions` (id → record JSON), `wakeups` ((id, wakeup id) → due and payload),
 //! `due` ((due ms, wakeup id) → session id, the claim index), `events` (sequence → event
 //! JSON, trimmed to `event_retention`), `credentials`, `credential_generations`, `counters`
 //! and `secrets`.
 
-use std::fmt::Display;
+use std::fmt::{Debug, Display};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
@@ -25,11 +27,15 @@ use super::credential::{generate_secret, CredentialBlock, Fingerprint};
 use super::error::StoreError;
 use super::event::{
     ClosureSummary, CredentialMark, EventCursor, EventKind, EventPage, Notice, SessionMark,
-    Snapshot, StateEvent,
+    Snapshot, SnapshotPage, StateEvent,
 };
+use super::mark_row::MarkRow;
 use super::model::{
     check_exact, check_payload, check_rule, new_wakeup_id, unix_ms_now, AddWakeup, ClaimedWakeup,
     CloseOutcome, Closure, ClosureInfo, OpenSpec, SessionId, SessionRecord, SessionStatus, Wakeup,
+};
+use super::redb_file::{
+    each_row, open_or_create, DamageLatch, Depth, FileKind, FileLayout, RowReport,
 };
 use super::{BoxFuture, SessionStore};
 
@@ -42,10 +48,17 @@ const CREDENTIAL_GENERATIONS: TableDefinition<&str, u64> =
     TableDefinition::new("credential_generations");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// Session id → [`MarkRow`], for every session with closure history: what a start reads.
+const MARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("marks");
 
 const LAST_EVENT_SEQ: &str = "last_event_seq";
 const TRIMMED_THROUGH: &str = "trimmed_through";
 const DEPLOYMENT_SECRET: &str = "deployment_secret";
+/// Set once `marks` holds a row for every session with closure history (files written
+/// before the table existed get it built at their first open).
+const MARKS_BUILT: &str = "marks_built";
+/// Rows per snapshot page.
+const SNAPSHOT_PAGE: usize = 10_000;
 const CURSOR_PREFIX: &str = "redb:";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +78,7 @@ impl Default for RedbOptions {
 /// The embedded single-node [`SessionStore`]. Cheap to clone.
 #[derive(Clone)]
 pub struct RedbStore {
+    writer: Arc<Writer>,
     inner: Arc<Inner>,
 }
 
@@ -72,6 +86,203 @@ struct Inner {
     db: Database,
     options: RedbOptions,
     live: broadcast::Sender<StateEvent>,
+    /// Set once redb panicked on this file; every later operation then fails fast.
+    damage: DamageLatch,
+    /// Events of writes not yet on disk; announced after the fsync that covers them.
+    unannounced: Mutex<Vec<StateEvent>>,
+}
+
+/// A write, run on the writer thread; it answers how to reply once the batch is on disk.
+type WriteJob = Box<dyn FnOnce(&Inner) -> Reply + Send>;
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// Writes in one batch at most, so a flood of writes still gets answers in bounded time.
+const MAX_BATCH: usize = 1024;
+
+/// The one thread that writes (group commit): it runs queued writes in order, each in a
+/// transaction of its own (so each is atomic alone and one failure touches no other), then
+/// makes the whole batch durable with a single fsync before answering any of it. Writes that
+/// queue during an fsync form the next batch, so concurrent writers share fsyncs instead of
+/// contending for redb's write lock.
+struct Writer {
+    jobs: Mutex<Option<std::sync::mpsc::Sender<WriteJob>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    fn start(inner: Arc<Inner>) -> Result<Writer, StoreError> {
+        let (jobs, queue) = std::sync::mpsc::channel::<WriteJob>();
+        let thread = std::thread::Builder::new()
+            .name("haltgate-redb-writer".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut replies = vec![first(&inner)];
+                    while replies.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => replies.push(job(&inner)),
+                            Err(_) => break,
+                        }
+                    }
+                    let synced = inner.damage.run(|| inner.sync());
+                    let events = std::mem::take(
+                        &mut *inner
+                            .unannounced
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner),
+                    );
+                    if synced.is_ok() {
+                        for event in events {
+                            // No receivers is fine: nobody is watching.
+                            let _ = inner.live.send(event);
+                        }
+                    }
+                    for reply in replies {
+                        reply(synced.clone());
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Failed(format!("starting the redb writer: {e}")))?;
+        Ok(Writer {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn send(&self, job: WriteJob) -> Result<(), StoreError> {
+        let stopped = || StoreError::Failed("the redb writer has stopped".into());
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())
+    }
+}
+
+impl Drop for Writer {
+    /// The last handle waits for queued writes to finish, so the file is released (and
+    /// every answered write is on disk) when the store is dropped.
+    fn drop(&mut self) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The store file's tables, for opening and for `haltgate store check|repair`.
+pub(super) const LAYOUT: FileLayout = FileLayout {
+    kind: FileKind::Store,
+    marker_table: "events",
+    create_tables,
+    scan: scan_rows,
+};
+
+/// Creating every table up front lets read transactions open them unconditionally.
+fn create_tables(txn: &WriteTransaction) -> Result<(), TableError> {
+    txn.open_table(SESSIONS)?;
+    txn.open_table(WAKEUPS)?;
+    txn.open_table(DUE)?;
+    txn.open_table(EVENTS)?;
+    txn.open_table(CREDENTIALS)?;
+    txn.open_table(CREDENTIAL_GENERATIONS)?;
+    txn.open_table(COUNTERS)?;
+    txn.open_table(SECRETS)?;
+    txn.open_table(MARKS)?;
+    Ok(())
+}
+
+/// Reads every row of every table; at [`Depth::Decode`] also decodes each as the store does.
+fn scan_rows(txn: &ReadTransaction, report: &mut RowReport, depth: Depth) {
+    let decoding = depth == Depth::Decode;
+    let mut closed = 0;
+    let sessions = each_row(txn, SESSIONS, report, |key, value| {
+        if !decoding {
+            return Ok(());
+        }
+        let id = key.value();
+        let stored: StoredSession = row_decode("session", id, value.value())?;
+        if stored.record.id.as_str() != id {
+            return Err(format!(
+                "session {id:?} holds the record of {}",
+                stored.record.id
+            ));
+        }
+        closed += u64::from(stored.record.is_closed());
+        Ok(())
+    });
+    let wakeups = each_row(txn, WAKEUPS, report, |key, value| {
+        if !decoding {
+            return Ok(());
+        }
+        let (session, wakeup) = key.value();
+        SessionId::parse(session).map_err(|e| row_problem("wakeup", (session, wakeup), e))?;
+        row_decode::<StoredWakeup>("wakeup", (session, wakeup), value.value()).map(drop)
+    });
+    each_row(txn, DUE, report, |key, value| {
+        if !decoding {
+            return Ok(());
+        }
+        SessionId::parse(value.value())
+            .map(drop)
+            .map_err(|e| row_problem("due entry", key.value(), e))
+    });
+    let events = each_row(txn, EVENTS, report, |key, value| {
+        if !decoding {
+            return Ok(());
+        }
+        row_decode::<StateEvent>("event", key.value(), value.value()).map(drop)
+    });
+    let blocked = each_row(txn, CREDENTIALS, report, |key, value| {
+        if !decoding {
+            return Ok(());
+        }
+        Fingerprint::parse(key.value()).map_err(|e| row_problem("credential", key.value(), e))?;
+        row_decode::<CredentialBlock>("credential", key.value(), value.value()).map(drop)
+    });
+    each_row(txn, CREDENTIAL_GENERATIONS, report, |key, _| {
+        if !decoding {
+            return Ok(());
+        }
+        Fingerprint::parse(key.value())
+            .map(drop)
+            .map_err(|e| row_problem("credential generation", key.value(), e))
+    });
+    each_row(txn, COUNTERS, report, |_, _| Ok(()));
+    each_row(txn, SECRETS, report, |_, _| Ok(()));
+    each_row(txn, MARKS, report, |key, value| {
+        if decoding {
+            MarkRow::decode(value.value())
+                .map_err(|e| format!("mark of {:?}: {e}", key.value()))?;
+        }
+        Ok(())
+    });
+    report.count("sessions", sessions);
+    report.count("closed sessions", closed);
+    report.count("wakeups", wakeups);
+    report.count("events", events);
+    report.count("blocked credentials", blocked);
+}
+
+fn row_decode<T: for<'de> Deserialize<'de>>(
+    what: &str,
+    key: impl Debug,
+    bytes: &[u8],
+) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| row_problem(what, key, e))
+}
+
+fn row_problem(what: &str, key: impl Debug, problem: impl Display) -> String {
+    format!("{what} {key:?}: {problem}")
 }
 
 /// The session row: the record plus the last closure, which a reopen clears from the
@@ -80,6 +291,42 @@ struct Inner {
 struct StoredSession {
     record: SessionRecord,
     last_closure: Option<ClosureSummary>,
+}
+
+impl StoredSession {
+    /// The row `marks` keeps, for a session with closure history.
+    fn mark(&self) -> Option<MarkRow> {
+        (self.record.is_closed() || self.last_closure.is_some()).then(|| MarkRow {
+            epoch: self.record.epoch,
+            closed: self.record.is_closed(),
+            closure: self.last_closure.clone(),
+        })
+    }
+}
+
+/// Fills `marks` from the session records once, for a file written before it existed.
+fn build_marks(db: &Database) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(db_err)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    {
+        let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        if counters.get(MARKS_BUILT).map_err(db_err)?.is_some() {
+            return Ok(());
+        }
+        let sessions = txn.open_table(SESSIONS).map_err(db_err)?;
+        let mut marks = txn.open_table(MARKS).map_err(db_err)?;
+        for row in sessions.iter().map_err(db_err)? {
+            let (id, value) = row.map_err(db_err)?;
+            let stored: StoredSession = decode("session", value.value())?;
+            if let Some(mark) = stored.mark() {
+                marks
+                    .insert(id.value(), mark.encode().as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        counters.insert(MARKS_BUILT, 1).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -102,33 +349,26 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the file. Blocking: call from a blocking context or at startup.
+    /// Opens the store file, creating it only when no file exists at `path`. A file that is
+    /// empty, truncated, damaged or not a haltgate store is refused with an error that names
+    /// it and says what to do. Blocking: call from a blocking context or at startup.
     pub fn open(path: &Path, options: RedbOptions) -> Result<Self, StoreError> {
         if options.event_retention == 0 {
             return Err(StoreError::invalid("event_retention must be at least 1"));
         }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Failed(format!("creating {}: {e}", parent.display())))?;
-        }
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Failed(format!("opening {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(db_err)?;
-        {
-            // Creating every table up front lets read transactions open them unconditionally.
-            txn.open_table(SESSIONS).map_err(db_err)?;
-            txn.open_table(WAKEUPS).map_err(db_err)?;
-            txn.open_table(DUE).map_err(db_err)?;
-            txn.open_table(EVENTS).map_err(db_err)?;
-            txn.open_table(CREDENTIALS).map_err(db_err)?;
-            txn.open_table(CREDENTIAL_GENERATIONS).map_err(db_err)?;
-            txn.open_table(COUNTERS).map_err(db_err)?;
-            txn.open_table(SECRETS).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
+        let db = open_or_create(path, &LAYOUT)?;
+        build_marks(&db)?;
         let (live, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            db,
+            options,
+            live,
+            damage: DamageLatch::new(path, FileKind::Store),
+            unannounced: Mutex::new(Vec::new()),
+        });
         Ok(RedbStore {
-            inner: Arc::new(Inner { db, options, live }),
+            writer: Arc::new(Writer::start(inner.clone())?),
+            inner,
         })
     }
 
@@ -138,27 +378,55 @@ impl RedbStore {
         F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || op(&inner))
+        tokio::task::spawn_blocking(move || inner.damage.run(|| op(&inner)))
             .await
-            .map_err(|e| StoreError::Failed(format!("redb operation panicked: {e}")))?
+            .map_err(|e| StoreError::Failed(format!("redb operation did not finish: {e}")))?
+    }
+
+    /// Runs a write on the writer thread; answers once it is on disk.
+    async fn writing<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.writer.send(Box::new(move |inner: &Inner| {
+            let result = inner.damage.run(|| op(inner));
+            Box::new(move |synced: Result<(), StoreError>| {
+                let _ = answer.send(result.and_then(|value| synced.map(|()| value)));
+            })
+        }))?;
+        answered
+            .await
+            .map_err(|_| StoreError::Failed("the redb writer has stopped".into()))?
     }
 }
 
 impl Inner {
+    /// Runs `op` in a write transaction of its own. Called on the writer thread only: the
+    /// commit is not durable until the writer's next [`Inner::sync`].
     fn write<T>(
         &self,
         op: impl FnOnce(&WriteTransaction, &mut Vec<StateEvent>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
-        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        txn.set_durability(Durability::None).map_err(db_err)?;
         let mut events = Vec::new();
         let value = op(&txn, &mut events)?;
         txn.commit().map_err(db_err)?;
-        for event in events {
-            // No receivers is fine: nobody is watching.
-            let _ = self.live.send(event);
-        }
+        self.unannounced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(events);
         Ok(value)
+    }
+
+    /// Makes every commit so far durable: an empty commit with `Durability::Immediate`
+    /// persists the `Durability::None` commits before it.
+    fn sync(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        txn.commit().map_err(db_err)
     }
 
     fn append_event(
@@ -208,6 +476,12 @@ impl Inner {
         sessions
             .insert(stored.record.id.as_str(), encode(stored).as_slice())
             .map_err(db_err)?;
+        if let Some(mark) = stored.mark() {
+            txn.open_table(MARKS)
+                .map_err(db_err)?
+                .insert(stored.record.id.as_str(), mark.encode().as_slice())
+                .map_err(db_err)?;
+        }
         Ok(())
     }
 
@@ -294,7 +568,9 @@ impl Inner {
                     current_epoch: current,
                 });
             }
-            if epoch == current && stored.record.is_closed() {
+            // Only a reopen starts a generation: a later epoch closes the current one.
+            let epoch = epoch.min(current);
+            if stored.record.is_closed() {
                 return Ok(CloseOutcome::AlreadyClosed {
                     record: stored.record,
                 });
@@ -633,39 +909,113 @@ impl Inner {
     }
 
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut page = self.snapshot_page(None, usize::MAX)?;
+        let mut snapshot = Snapshot {
+            cursor: page.cursor.clone(),
+            sessions: std::mem::take(&mut page.sessions),
+            credentials: std::mem::take(&mut page.credentials),
+        };
+        // One read transaction serves a page; with no limit there is one page, but a
+        // credential phase may still follow the sessions.
+        while let Some(next) = page.next.take() {
+            page = self.snapshot_page(Some(next), usize::MAX)?;
+            snapshot.sessions.append(&mut page.sessions);
+            snapshot.credentials.append(&mut page.credentials);
+        }
+        Ok(snapshot)
+    }
+
+    /// Sessions with closure history from `marks`, then every credential ever blocked, at
+    /// most `limit` rows a page. Each page is its own read; facts only grow, so pages read
+    /// after the first page's cursor are at least as new as it.
+    fn snapshot_page(
+        &self,
+        from: Option<String>,
+        limit: usize,
+    ) -> Result<SnapshotPage, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let counters = txn.open_table(COUNTERS).map_err(db_err)?;
         let last = counters
             .get(LAST_EVENT_SEQ)
             .map_err(db_err)?
             .map_or(0, |g| g.value());
-        let mut sessions = Vec::new();
-        for row in txn
-            .open_table(SESSIONS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (_, value) = row.map_err(db_err)?;
-            let stored: StoredSession = decode("session", value.value())?;
-            if stored.record.is_closed() || stored.last_closure.is_some() {
-                sessions.push(SessionMark {
-                    session: stored.record.id,
-                    epoch: stored.record.epoch,
-                    status: stored.record.status,
-                    last_closure: stored.last_closure,
+        let mut page = SnapshotPage {
+            cursor: EventCursor::from_token(format!("{CURSOR_PREFIX}{last}")),
+            sessions: Vec::new(),
+            credentials: Vec::new(),
+            next: None,
+        };
+        let (phase, after) = match from.as_deref() {
+            None => ("s", String::new()),
+            Some(token) => match token.split_once(':') {
+                Some((phase @ ("s" | "c"), after)) => (phase, after.to_owned()),
+                _ => {
+                    return Err(StoreError::InvalidCursor {
+                        cursor: token.to_owned(),
+                        reason: "not a snapshot page token of this store".into(),
+                    })
+                }
+            },
+        };
+        let after_key = |key: &str| after.is_empty() || key > after.as_str();
+        if phase == "s" {
+            let marks = txn.open_table(MARKS).map_err(db_err)?;
+            let range = if after.is_empty() {
+                marks.iter().map_err(db_err)?
+            } else {
+                marks.range(after.as_str()..).map_err(db_err)?
+            };
+            for row in range {
+                let (id, value) = row.map_err(db_err)?;
+                if !after_key(id.value()) {
+                    continue;
+                }
+                if page.sessions.len() == limit {
+                    page.next = Some(format!(
+                        "s:{}",
+                        page.sessions
+                            .last()
+                            .map_or("", |m: &SessionMark| m.session.as_str())
+                    ));
+                    return Ok(page);
+                }
+                let mark = MarkRow::decode(value.value())?;
+                page.sessions.push(SessionMark {
+                    session: SessionId::parse(id.value())?,
+                    epoch: mark.epoch,
+                    status: if mark.closed {
+                        SessionStatus::Closed
+                    } else {
+                        SessionStatus::Open
+                    },
+                    last_closure: mark.closure,
                 });
             }
         }
         let credentials_table = txn.open_table(CREDENTIALS).map_err(db_err)?;
-        let mut credentials = Vec::new();
-        for row in txn
-            .open_table(CREDENTIAL_GENERATIONS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
+        let generations = txn.open_table(CREDENTIAL_GENERATIONS).map_err(db_err)?;
+        let credential_after = if phase == "c" { after.as_str() } else { "" };
+        let range = if credential_after.is_empty() {
+            generations.iter().map_err(db_err)?
+        } else {
+            generations.range(credential_after..).map_err(db_err)?
+        };
+        for row in range {
             let (key, generation) = row.map_err(db_err)?;
+            if !credential_after.is_empty() && key.value() <= credential_after {
+                continue;
+            }
+            if page.sessions.len() + page.credentials.len() == limit {
+                page.next = Some(format!(
+                    "c:{}",
+                    page.credentials
+                        .last()
+                        .map_or(credential_after, |c: &CredentialMark| c
+                            .fingerprint
+                            .as_str())
+                ));
+                return Ok(page);
+            }
             let fingerprint =
                 Fingerprint::parse(key.value()).map_err(|e| StoreError::corrupt(e.to_string()))?;
             let block = credentials_table
@@ -673,17 +1023,13 @@ impl Inner {
                 .map_err(db_err)?
                 .map(|g| decode::<CredentialBlock>("credential", g.value()))
                 .transpose()?;
-            credentials.push(CredentialMark {
+            page.credentials.push(CredentialMark {
                 fingerprint,
                 generation: generation.value(),
                 block,
             });
         }
-        Ok(Snapshot {
-            cursor: EventCursor::from_token(format!("{CURSOR_PREFIX}{last}")),
-            sessions,
-            credentials,
-        })
+        Ok(page)
     }
 
     fn deployment_secret(&self) -> Result<Vec<u8>, StoreError> {
@@ -721,7 +1067,7 @@ impl SessionStore for RedbStore {
         spec: OpenSpec,
     ) -> BoxFuture<'_, Result<SessionRecord, StoreError>> {
         let id = id.clone();
-        Box::pin(self.blocking(move |inner| inner.open(&id, spec)))
+        Box::pin(self.writing(move |inner| inner.open(&id, spec)))
     }
 
     fn close(
@@ -730,7 +1076,7 @@ impl SessionStore for RedbStore {
         closure: Closure,
     ) -> BoxFuture<'_, Result<CloseOutcome, StoreError>> {
         let id = id.clone();
-        Box::pin(self.blocking(move |inner| inner.close(&id, closure)))
+        Box::pin(self.writing(move |inner| inner.close(&id, closure)))
     }
 
     fn reset_resume(
@@ -741,7 +1087,7 @@ impl SessionStore for RedbStore {
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
         let id = id.clone();
         let rule = rule.to_owned();
-        Box::pin(self.blocking(move |inner| inner.reset_resume(&id, epoch, &rule)))
+        Box::pin(self.writing(move |inner| inner.reset_resume(&id, epoch, &rule)))
     }
 
     fn add_wakeup(
@@ -751,7 +1097,7 @@ impl SessionStore for RedbStore {
         payload: serde_json::Value,
     ) -> BoxFuture<'_, Result<AddWakeup, StoreError>> {
         let id = id.clone();
-        Box::pin(self.blocking(move |inner| inner.add_wakeup(&id, due_ms, payload)))
+        Box::pin(self.writing(move |inner| inner.add_wakeup(&id, due_ms, payload)))
     }
 
     fn pending_wakeups(&self, id: &SessionId) -> BoxFuture<'_, Result<Vec<Wakeup>, StoreError>> {
@@ -764,11 +1110,11 @@ impl SessionStore for RedbStore {
         now_ms: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<ClaimedWakeup>, StoreError>> {
-        Box::pin(self.blocking(move |inner| inner.claim_due(now_ms, limit)))
+        Box::pin(self.writing(move |inner| inner.claim_due(now_ms, limit)))
     }
 
     fn block_credential(&self, block: CredentialBlock) -> BoxFuture<'_, Result<bool, StoreError>> {
-        Box::pin(self.blocking(move |inner| inner.block_credential(block)))
+        Box::pin(self.writing(move |inner| inner.block_credential(block)))
     }
 
     fn unblock_credential(
@@ -776,7 +1122,7 @@ impl SessionStore for RedbStore {
         fingerprint: &Fingerprint,
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
         let fingerprint = fingerprint.clone();
-        Box::pin(self.blocking(move |inner| inner.unblock_credential(&fingerprint)))
+        Box::pin(self.writing(move |inner| inner.unblock_credential(&fingerprint)))
     }
 
     fn blocked_credentials(&self) -> BoxFuture<'_, Result<Vec<CredentialBlock>, StoreError>> {
@@ -794,6 +1140,13 @@ impl SessionStore for RedbStore {
 
     fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
         Box::pin(self.blocking(|inner| inner.snapshot()))
+    }
+
+    fn snapshot_page(
+        &self,
+        from: Option<String>,
+    ) -> BoxFuture<'_, Result<SnapshotPage, StoreError>> {
+        Box::pin(self.blocking(move |inner| inner.snapshot_page(from, SNAPSHOT_PAGE)))
     }
 
     fn watch(&self) -> mpsc::Receiver<Notice> {
@@ -819,6 +1172,6 @@ impl SessionStore for RedbStore {
     }
 
     fn deployment_secret(&self) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
-        Box::pin(self.blocking(|inner| inner.deployment_secret()))
+        Box::pin(self.writing(|inner| inner.deployment_secret()))
     }
 }

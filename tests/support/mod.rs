@@ -2,6 +2,7 @@
 //! HTTP/1.1 by ALPN) and the proxy, all on 127.0.0.1 port 0.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod redis_server;
 
 use std::convert::Infallible;
@@ -234,7 +235,7 @@ pub async fn start_proxy(flags: Overrides) -> TestProxy {
     start_proxy_in(flags, tempfile::tempdir().unwrap()).await
 }
 
-/// Starts a proxy whose default redb store and outbox live in `dir`.
+/// Starts a proxy whose default redb store, outbox and local copy live in `dir`.
 pub async fn start_proxy_in(mut flags: Overrides, dir: tempfile::TempDir) -> TestProxy {
     if flags.store.is_none() {
         flags.store = Some(format!(
@@ -245,8 +246,19 @@ pub async fn start_proxy_in(mut flags: Overrides, dir: tempfile::TempDir) -> Tes
     if flags.outbox.is_none() {
         flags.outbox = Some(dir.path().join("outbox.redb"));
     }
+    if flags.local_copy.is_none() {
+        flags.local_copy = Some(dir.path().join("local.redb"));
+    }
     let config = Config::resolve(ConfigSpec::default(), flags, "test").expect("valid test config");
     let app = App::start(config).await.expect("proxy starts");
+    // Session traffic is refused until the state is loaded; tests of that window start the
+    // app themselves.
+    within(Duration::from_secs(10), async {
+        while !app.is_ready() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     TestProxy { app, dir }
 }
 

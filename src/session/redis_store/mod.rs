@@ -732,6 +732,14 @@ impl Inner {
 
     async fn deployment_secret(&self) -> Result<Vec<u8>, StoreError> {
         let key = self.keys.secret();
+        // Read first: a store that already holds the secret must serve it even when it
+        // refuses writes (maxmemory with noeviction, a read-only replica).
+        let existing: Value = self.command(redis::cmd("GET").arg(&key).clone()).await?;
+        if existing != Value::Nil {
+            let existing = text(&existing)?;
+            return decode_hex(&existing)
+                .ok_or_else(|| StoreError::corrupt(format!("{key} does not hold a hex secret")));
+        }
         let candidate = hex(&generate_secret()?);
         // SET NX makes the first writer's secret the one every instance reads back.
         let _: Value = self

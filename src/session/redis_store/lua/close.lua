@@ -22,7 +22,11 @@ end
 if epoch < current then
   return {'fenced', current_text}
 end
-if epoch == current and cur[2] == 'closed' then
+-- Only a reopen starts a generation: a later epoch closes the current one.
+if epoch > current then
+  epoch, epoch_text = current, current_text
+end
+if cur[2] == 'closed' then
   return {'already', redis.call('HGETALL', KEYS[1])}
 end
 -- Writes that free memory come first, so the close completes even near maxmemory.
