@@ -159,18 +159,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         control_token: std::env::var("HALTGATE_CONTROL_TOKEN").ok(),
         control_read_token: std::env::var("HALTGATE_CONTROL_READ_TOKEN").ok(),
     };
-    let config = Config::resolve(spec, flags, &source)?;
+    let mut config = Config::resolve(spec, flags, &source)?;
     if let Some(open_files) = raise_open_file_limit() {
-        // Each agent connection may hold an upstream one too; the rest is stores and logs.
-        let needed = 2 * config.limits.max_connections as u64
-            + config.control_limits.max_connections as u64
-            + 64;
-        if open_files < needed {
+        // Each agent connection may hold an upstream one too; the control listener, stores and
+        // logs need the rest. Past the descriptor limit accept fails for both listeners.
+        let reserve = config.control_limits.max_connections as u64 + 64;
+        let affordable = (open_files.saturating_sub(reserve) / 2).max(1);
+        if config.limits.max_connections as u64 > affordable {
             tracing::warn!(
                 open_files,
-                needed,
-                "The open-file limit is below what limits.max_connections may use; lower it or raise the hard limit."
+                configured = config.limits.max_connections,
+                lowered_to = affordable,
+                "The open-file limit is too low for limits.max_connections; lowering it."
             );
+            config.limits.max_connections = affordable as usize;
         }
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
