@@ -193,18 +193,30 @@ impl App {
             ingress,
             signal.clone(),
             config.shutdown_grace,
+            config.limits.clone(),
         ));
         servers.spawn(crate::server::serve(
             control,
-            Control::new(readiness.clone(), gate.clone(), stats.clone()),
+            Control::new(
+                readiness.clone(),
+                gate.clone(),
+                stats.clone(),
+                config.control.clone(),
+            ),
             signal,
             config.shutdown_grace,
+            config.control_limits.clone(),
         ));
         readiness.set_serving(true);
         for route in config.routes.iter() {
             tracing::info!(route = %route.name, provider = %route.provider, upstream = %route.url(), "Route configured.");
         }
-        tracing::info!(%agent_addr, %control_addr, "haltgate is serving.");
+        tracing::info!(
+            %agent_addr,
+            %control_addr,
+            control_token = config.control.requires_token(),
+            "haltgate is serving."
+        );
         Ok(App {
             agent_addr,
             control_addr,

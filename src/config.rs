@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::control_auth::{ControlAuth, ControlToken};
 use crate::route::{Route, RouteTable};
+use crate::server::Limits;
 use crate::upstream::{read_ca_file, UpstreamSettings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -42,6 +44,38 @@ pub struct ConfigSpec {
     pub inspect: InspectSpec,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub control: ControlSpec,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+/// `[control]`: who may use the control API. Tokens live in files (or the environment), never
+/// in this file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSpec {
+    /// File holding the bearer token for every control endpoint but `/healthz` and `/readyz`.
+    pub token_file: Option<PathBuf>,
+    /// File holding a second token that only works for `GET`/`HEAD` endpoints.
+    pub read_token_file: Option<PathBuf>,
+    /// Origins (`https://host[:port]`) whose browser requests are let through.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+/// `[limits]`: how long and how many connections both listeners hold, e.g. `"30s"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub control_max_connections: Option<usize>,
+    pub h2_keep_alive_interval: Option<String>,
+    pub h2_keep_alive_timeout: Option<String>,
+    pub h2_max_resets_per_10s: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +121,10 @@ pub struct Overrides {
     pub response_header_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub max_body_bytes: Option<usize>,
+    /// `HALTGATE_CONTROL_TOKEN`: wins over `control.token_file` only when that is unset.
+    pub control_token: Option<String>,
+    /// `HALTGATE_CONTROL_READ_TOKEN`.
+    pub control_read_token: Option<String>,
 }
 
 /// A complete, validated configuration.
@@ -103,6 +141,11 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     pub max_body_bytes: usize,
     pub routes: RouteTable,
+    pub control: ControlAuth,
+    /// Limits of the agent listener.
+    pub limits: Limits,
+    /// Limits of the control listener: the agent ones with their own connection budget.
+    pub control_limits: Limits,
 }
 
 /// Every problem found in a configuration.
@@ -220,6 +263,25 @@ impl Config {
             errors.push("inspect.max_body_bytes must be at least 1".to_owned());
         }
 
+        let limits = resolve_limits(&spec.limits, &mut errors);
+        let control_limits = Limits {
+            max_connections: spec
+                .limits
+                .control_max_connections
+                .unwrap_or(DEFAULT_CONTROL_MAX_CONNECTIONS),
+            ..limits.clone()
+        };
+        if control_limits.max_connections == 0 {
+            errors.push("limits.control_max_connections must be at least 1".to_owned());
+        }
+        let control = resolve_control(
+            spec.control,
+            flags.control_token,
+            flags.control_read_token,
+            control_listen,
+            &mut errors,
+        );
+
         let routes = resolve_routes(spec.routes, &flags.routes, &mut errors);
 
         let store = flags
@@ -271,8 +333,122 @@ impl Config {
             },
             max_body_bytes,
             routes: routes.unwrap_or_default(),
+            control,
+            limits,
+            control_limits,
         })
     }
+}
+
+pub const DEFAULT_CONTROL_MAX_CONNECTIONS: usize = 64;
+
+fn resolve_limits(spec: &LimitsSpec, errors: &mut Vec<String>) -> Limits {
+    let defaults = Limits::default();
+    let mut duration = |field: &str, value: &Option<String>, default: Duration| match value {
+        None => default,
+        Some(text) => match parse_duration(text) {
+            Ok(value) if value.is_zero() => {
+                errors.push(format!("limits.{field} must be longer than zero"));
+                default
+            }
+            Ok(value) => value,
+            Err(e) => {
+                errors.push(format!("limits.{field}: {e}"));
+                default
+            }
+        },
+    };
+    let limits = Limits {
+        header_read_timeout: duration(
+            "header_read_timeout",
+            &spec.header_read_timeout,
+            defaults.header_read_timeout,
+        ),
+        idle_timeout: duration("idle_timeout", &spec.idle_timeout, defaults.idle_timeout),
+        body_read_timeout: duration(
+            "body_read_timeout",
+            &spec.body_read_timeout,
+            defaults.body_read_timeout,
+        ),
+        h2_keep_alive_interval: duration(
+            "h2_keep_alive_interval",
+            &spec.h2_keep_alive_interval,
+            defaults.h2_keep_alive_interval,
+        ),
+        h2_keep_alive_timeout: duration(
+            "h2_keep_alive_timeout",
+            &spec.h2_keep_alive_timeout,
+            defaults.h2_keep_alive_timeout,
+        ),
+        max_connections: spec.max_connections.unwrap_or(defaults.max_connections),
+        h2_max_resets_per_10s: spec
+            .h2_max_resets_per_10s
+            .unwrap_or(defaults.h2_max_resets_per_10s),
+    };
+    if limits.max_connections == 0 {
+        errors.push("limits.max_connections must be at least 1".to_owned());
+    }
+    limits
+}
+
+fn resolve_control(
+    spec: ControlSpec,
+    env_token: Option<String>,
+    env_read_token: Option<String>,
+    control_listen: SocketAddr,
+    errors: &mut Vec<String>,
+) -> ControlAuth {
+    // A token that is set but invalid already has its error; it still counts as set below.
+    let full_is_set = env_token.is_some() || spec.token_file.is_some();
+    let mut token = |field: &str, env: &str, value: Option<String>, file: Option<PathBuf>| {
+        let loaded = match (value, file) {
+            (Some(_), Some(_)) => Err(format!(
+                "{env} and control.{field} are both set; set the token once"
+            )),
+            (Some(value), None) => ControlToken::new(&value).map_err(|e| format!("{env}: {e}")),
+            (None, Some(path)) => ControlToken::read_file(&path)
+                .map_err(|e| format!("control.{field} {}: {e}", path.display())),
+            (None, None) => return None,
+        };
+        loaded.map_err(|e| errors.push(e)).ok()
+    };
+    let full = token(
+        "token_file",
+        "HALTGATE_CONTROL_TOKEN",
+        env_token,
+        spec.token_file,
+    );
+    let read = token(
+        "read_token_file",
+        "HALTGATE_CONTROL_READ_TOKEN",
+        env_read_token,
+        spec.read_token_file,
+    );
+    if read.is_some() && !full_is_set {
+        errors.push(
+            "a read-only control token needs the full one too (HALTGATE_CONTROL_TOKEN or \
+             control.token_file)"
+                .to_owned(),
+        );
+    }
+    if !full_is_set && !control_listen.ip().is_loopback() {
+        errors.push(format!(
+            "control_listen {control_listen} is not a loopback address: anyone who reaches it \
+             could reopen sessions and unblock credentials; set HALTGATE_CONTROL_TOKEN or \
+             control.token_file"
+        ));
+    }
+    for origin in &spec.allowed_origins {
+        let host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        if !host.is_some_and(|h| !h.is_empty() && !h.contains(['/', '?', '#', ' '])) {
+            errors.push(format!(
+                "control.allowed_origins: {origin:?} is not an origin like \"https://ops.example.com\""
+            ));
+        }
+    }
+    ControlAuth::new(full, read, spec.allowed_origins)
 }
 
 fn resolve_routes(

@@ -13,6 +13,9 @@
 //! | `POST /v1/wakeups/claim` | hand out due wakeups, each once, never of a closed session |
 //! | `GET /v1/credentials` | blocked credentials |
 //! | `DELETE /v1/credentials/{fingerprint}` | unblock |
+//!
+//! Every endpoint but `/healthz` and `/readyz` goes through [`ControlAuth`] first: token,
+//! browser origin, JSON content type.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +32,7 @@ use serde_json::{json, Value};
 use tower_service::Service;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::control_auth::ControlAuth;
 use crate::halt::HaltStats;
 use crate::session::{
     AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure, CredentialBlock, Fingerprint,
@@ -70,14 +74,21 @@ pub struct Control {
     readiness: Readiness,
     gate: Arc<SessionGate>,
     stats: Arc<HaltStats>,
+    auth: Arc<ControlAuth>,
 }
 
 impl Control {
-    pub fn new(readiness: Readiness, gate: Arc<SessionGate>, stats: Arc<HaltStats>) -> Self {
+    pub fn new(
+        readiness: Readiness,
+        gate: Arc<SessionGate>,
+        stats: Arc<HaltStats>,
+        auth: ControlAuth,
+    ) -> Self {
         Self {
             readiness,
             gate,
             stats,
+            auth: Arc::new(auth),
         }
     }
 }
@@ -96,6 +107,13 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        let health = matches!(request.uri().path(), "/healthz" | "/readyz");
+        if !health {
+            if let Err(refusal) = self.auth.check(request.method(), request.headers()) {
+                let response = refusal.into_response();
+                return Box::pin(async move { Ok(response) });
+            }
+        }
         let this = self.clone();
         Box::pin(async move {
             let response = match this.route(request).await {

@@ -17,6 +17,7 @@ use tower_service::Service;
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::route::Target;
+use crate::server::BodyReadTimeout;
 use crate::upstream::UpstreamClient;
 
 /// Prefix of the headers by which an agent talks to the proxy; never sent upstream.
@@ -42,6 +43,9 @@ pub enum ForwardErrorKind {
     Exchange(String),
     #[error("request was not routed")]
     Unrouted,
+    /// The agent stopped sending its request body.
+    #[error("the agent sent no request body data for {0:?}")]
+    RequestBodyTimeout(Duration),
 }
 
 /// Sends requests carrying a [`Target`] extension to their upstream.
@@ -136,6 +140,9 @@ fn classify_client_error(
 ) -> ForwardErrorKind {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
+        if let Some(BodyReadTimeout(after)) = cause.downcast_ref::<BodyReadTimeout>() {
+            return ForwardErrorKind::RequestBodyTimeout(*after);
+        }
         if let Some(io) = cause.downcast_ref::<io::Error>() {
             if io.kind() == io::ErrorKind::TimedOut && error.is_connect() {
                 return ForwardErrorKind::ConnectTimeout(connect_timeout);

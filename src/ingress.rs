@@ -1,8 +1,9 @@
 //! The outermost service: decides whether a request may be forwarded at all, and where.
 //!
 //! It refuses forward-proxy use (CONNECT, absolute-form naming another host), resolves the
-//! route from the first path segment (unknown → 404 without any upstream contact), turns
-//! forwarding errors into synthetic 502/504 answers, and makes event streams end at shutdown.
+//! route from the first path segment (unknown → 404, a dot segment after the route name → 400,
+//! both without any upstream contact), turns forwarding errors into synthetic 502/504 answers,
+//! and makes event streams end at shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +18,7 @@ use tower_service::Service;
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::forward::{ForwardError, ForwardErrorKind};
-use crate::route::RouteTable;
+use crate::route::{RouteTable, Unresolved};
 use crate::rules::is_event_stream;
 use crate::shutdown::{EndOnShutdown, ShutdownSignal};
 use crate::synthetic::SyntheticResponse;
@@ -78,9 +79,21 @@ where
             .path_and_query()
             .map(|pq| pq.as_str())
             .unwrap_or("/");
-        let Some(target) = self.routes.resolve(path_and_query) else {
-            let response = SyntheticResponse::unknown_route(request.uri().path()).into_response();
-            return Box::pin(async move { Ok(response) });
+        let target = match self.routes.resolve(path_and_query) {
+            Ok(target) => target,
+            Err(unresolved) => {
+                let refusal = match unresolved {
+                    Unresolved::UnknownRoute => SyntheticResponse::unknown_route(request.uri().path()),
+                    Unresolved::DotSegment => SyntheticResponse::bad_request(
+                        "The path after the route name holds a '.' or '..' segment (in some spelling); \
+                         haltgate does not forward paths that could leave the route's base path.",
+                    ),
+                    Unresolved::BadPath => {
+                        SyntheticResponse::bad_request("The path is not a valid upstream path.")
+                    }
+                };
+                return Box::pin(async move { Ok(refusal.into_response()) });
+            }
         };
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(target);
@@ -146,6 +159,9 @@ fn rescue(error: &BoxError) -> SyntheticResponse {
                     SyntheticResponse::bad_gateway(route, detail)
                 }
                 ForwardErrorKind::Unrouted => SyntheticResponse::bad_gateway(route, "not routed"),
+                ForwardErrorKind::RequestBodyTimeout(after) => {
+                    SyntheticResponse::request_body_timeout(*after)
+                }
             };
         }
         source = cause.source();

@@ -15,7 +15,7 @@
 //! # Layout
 //! - [`app`]: assembles listeners, stack and shutdown from a [`config::Config`].
 //! - [`config`]: the file format, flag overrides and validation.
-//! - [`control`]: health, readiness and the control API.
+//! - [`control`]: health, readiness and the control API; [`control_auth`] decides who may use it.
 //! - [`halt`]: the inspection middleware and the halt response.
 //! - [`rules`]: the pure rule engine; [`classify`] runs it over recorded exchanges.
 //! - [`session`]: session stores (redb, Redis), the local closed set, the outbox;
@@ -28,6 +28,7 @@ pub mod body;
 pub mod classify;
 pub mod config;
 pub mod control;
+pub mod control_auth;
 pub mod forward;
 pub mod halt;
 pub mod ingress;

@@ -182,8 +182,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         response_header_timeout: args.response_header_timeout,
         shutdown_grace: args.shutdown_grace,
         max_body_bytes: args.max_body_bytes,
+        // Tokens come from the environment or files only: flags would show in `ps`.
+        control_token: std::env::var("HALTGATE_CONTROL_TOKEN").ok(),
+        control_read_token: std::env::var("HALTGATE_CONTROL_READ_TOKEN").ok(),
     };
-    let config = Config::resolve(spec, flags, &source)?;
+    let mut config = Config::resolve(spec, flags, &source)?;
+    if let Some(open_files) = raise_open_file_limit() {
+        // Each agent connection may hold an upstream one too; the control listener, stores and
+        // logs need the rest. Past the descriptor limit accept fails for both listeners.
+        let reserve = config.control_limits.max_connections as u64 + 64;
+        let affordable = (open_files.saturating_sub(reserve) / 2).max(1);
+        if config.limits.max_connections as u64 > affordable {
+            tracing::warn!(
+                open_files,
+                configured = config.limits.max_connections,
+                lowered_to = affordable,
+                "The open-file limit is too low for limits.max_connections; lowering it."
+            );
+            config.limits.max_connections = affordable as usize;
+        }
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let app = App::start(config).await?;
@@ -194,6 +212,35 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("Stopped.");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Raises the soft open-file limit to the hard one and answers the limit now in force.
+fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives on this stack frame.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "Could not raise the open-file limit."
+            );
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform.
+    Some(limit.rlim_cur as u64)
 }
 
 fn parse_host(text: &str) -> Result<(String, String), String> {

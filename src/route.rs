@@ -2,6 +2,10 @@
 //!
 //! `/NAME/REST?QUERY` is sent to `UPSTREAM_BASE/REST?QUERY`, byte-exact. The route's provider
 //! names the rule file that applies to its responses.
+//!
+//! `REST` may never climb out of the base path: a dot segment (`.` or `..`) in any spelling an
+//! upstream might decode to one is refused (see [`has_dot_segment`]), everything else is
+//! copied as it came.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,6 +113,17 @@ pub struct RouteTable {
     routes: HashMap<Arc<str>, Arc<Route>>,
 }
 
+/// Why a request path has no upstream URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unresolved {
+    /// The first segment names no route.
+    UnknownRoute,
+    /// The path after the route name holds a dot segment, which could leave the base path.
+    DotSegment,
+    /// Base path and rest do not form a valid URI path.
+    BadPath,
+}
+
 /// Where an agent request goes: its route and the upstream URI.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -172,18 +187,86 @@ impl RouteTable {
         pairs
     }
 
-    /// Resolves an origin-form `path_and_query` (`/NAME/REST?QUERY`). `None` when the first
-    /// segment names no route.
-    pub fn resolve(&self, path_and_query: &str) -> Option<Target> {
-        let after_slash = path_and_query.strip_prefix('/')?;
+    /// Resolves an origin-form `path_and_query` (`/NAME/REST?QUERY`).
+    pub fn resolve(&self, path_and_query: &str) -> Result<Target, Unresolved> {
+        let after_slash = path_and_query
+            .strip_prefix('/')
+            .ok_or(Unresolved::UnknownRoute)?;
         let end = after_slash.find(['/', '?']).unwrap_or(after_slash.len());
-        let route = self.routes.get(&after_slash[..end])?;
+        let route = self
+            .routes
+            .get(&after_slash[..end])
+            .ok_or(Unresolved::UnknownRoute)?;
         let rest = &after_slash[end..];
-        let uri = route.upstream_uri(rest).ok()?;
-        Some(Target {
+        let rest_path = rest.split('?').next().unwrap_or_default();
+        if has_dot_segment(rest_path) {
+            return Err(Unresolved::DotSegment);
+        }
+        let uri = route.upstream_uri(rest).map_err(|_| Unresolved::BadPath)?;
+        Ok(Target {
             route: route.clone(),
             uri,
         })
+    }
+}
+
+/// Whether `path` holds a segment an upstream could read as `.` or `..`.
+///
+/// Segments are split at `/` and also at `\`, `%2F` and `%5C` (any case), since some servers
+/// decode or fold those into separators; in each segment `%2E` (any case) counts as a dot, and
+/// a `;parameter` suffix is ignored (`..;x` is `..` to some servers).
+pub fn has_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut dots = 0usize;
+    // Whether the current segment so far consists only of dots.
+    let mut only_dots = true;
+    let mut in_parameter = false;
+    let mut i = 0;
+    loop {
+        let (separator, width) = match bytes.get(i) {
+            None => (true, 0),
+            Some(b'/' | b'\\') => (true, 1),
+            Some(b'%') => match bytes.get(i + 1..i + 3) {
+                Some([b'2', b'f' | b'F'] | [b'5', b'c' | b'C']) => (true, 3),
+                _ => (false, 1),
+            },
+            Some(_) => (false, 1),
+        };
+        if separator {
+            if only_dots && (dots == 1 || dots == 2) {
+                return true;
+            }
+            if i >= bytes.len() {
+                return false;
+            }
+            dots = 0;
+            only_dots = true;
+            in_parameter = false;
+            i += width;
+            continue;
+        }
+        if in_parameter {
+            i += 1;
+            continue;
+        }
+        match bytes[i] {
+            b'.' => {
+                dots += 1;
+                i += 1;
+            }
+            b'%' if matches!(bytes.get(i + 1..i + 3), Some([b'2', b'e' | b'E'])) => {
+                dots += 1;
+                i += 3;
+            }
+            b';' => {
+                in_parameter = true;
+                i += 1;
+            }
+            _ => {
+                only_dots = false;
+                i += 1;
+            }
+        }
     }
 }
 
@@ -224,10 +307,60 @@ mod tests {
     #[test]
     fn unknown_or_prefix_only_names_do_not_resolve() {
         let t = table();
-        assert!(t.resolve("/nope/x").is_none());
-        assert!(t.resolve("/echoes/x").is_none());
-        assert!(t.resolve("/").is_none());
-        assert!(t.resolve("").is_none());
+        for path in ["/nope/x", "/echoes/x", "/", ""] {
+            assert_eq!(
+                t.resolve(path).unwrap_err(),
+                Unresolved::UnknownRoute,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segments_in_any_spelling_are_refused() {
+        let t = table();
+        for path in [
+            "/mcp-a/../admin",
+            "/mcp-a/..",
+            "/mcp-a/./x",
+            "/mcp-a/.",
+            "/mcp-a/%2e%2e/admin",
+            "/mcp-a/%2E%2e/admin",
+            "/mcp-a/.%2e/admin",
+            "/mcp-a/%2e./admin",
+            "/mcp-a/..%2fadmin",
+            "/mcp-a/..%2Fadmin",
+            "/mcp-a/..%5cadmin",
+            "/mcp-a/x\\..\\admin",
+            "/mcp-a/..;jsessionid=1/admin",
+            "/mcp-a/a/%2e?x=1",
+        ] {
+            assert_eq!(
+                t.resolve(path).unwrap_err(),
+                Unresolved::DotSegment,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn dots_that_are_not_whole_segments_pass_byte_exact() {
+        let t = table();
+        for rest in [
+            "/...",
+            "/.well-known/x",
+            "/a..b/c.",
+            "/x?path=../../etc",
+            "/%2e%2e%2e",
+            "/%252e%252e/x",
+            "/v1.2/file.json",
+        ] {
+            let target = t.resolve(&format!("/mcp-a{rest}")).unwrap();
+            assert_eq!(
+                target.uri.path_and_query().unwrap().as_str(),
+                format!("/mcp{rest}")
+            );
+        }
     }
 
     #[test]

@@ -80,6 +80,15 @@ impl SyntheticResponse {
         )
     }
 
+    /// The agent stopped sending its request body; the upstream request was abandoned.
+    pub fn request_body_timeout(after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_body_timeout",
+            format!("No request body data arrived for {after:?}."),
+        )
+    }
+
     /// The proxy is shutting down and takes no new requests on this connection.
     pub fn shutting_down() -> Self {
         Self::new(

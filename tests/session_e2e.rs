@@ -100,6 +100,7 @@ async fn control_raw(proxy: &TestProxy, method: &str, path: &str, body: &str) ->
     let request = Request::builder()
         .method(method)
         .uri(format!("http://{}{path}", proxy.control_addr()))
+        .header("content-type", "application/json")
         .body(haltgate::body::full(body.to_owned()))
         .unwrap();
     client().request(request).await.unwrap().status().as_u16()

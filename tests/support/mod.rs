@@ -236,7 +236,16 @@ pub async fn start_proxy(flags: Overrides) -> TestProxy {
 }
 
 /// Starts a proxy whose default redb store, outbox and local copy live in `dir`.
-pub async fn start_proxy_in(mut flags: Overrides, dir: tempfile::TempDir) -> TestProxy {
+pub async fn start_proxy_in(flags: Overrides, dir: tempfile::TempDir) -> TestProxy {
+    start_proxy_with(ConfigSpec::default(), flags, dir).await
+}
+
+/// Starts a proxy from a configuration file's content (`spec`) and flags, its state in `dir`.
+pub async fn start_proxy_with(
+    spec: ConfigSpec,
+    mut flags: Overrides,
+    dir: tempfile::TempDir,
+) -> TestProxy {
     if flags.store.is_none() {
         flags.store = Some(format!(
             "redb:{}",
@@ -249,7 +258,7 @@ pub async fn start_proxy_in(mut flags: Overrides, dir: tempfile::TempDir) -> Tes
     if flags.local_copy.is_none() {
         flags.local_copy = Some(dir.path().join("local.redb"));
     }
-    let config = Config::resolve(ConfigSpec::default(), flags, "test").expect("valid test config");
+    let config = Config::resolve(spec, flags, "test").expect("valid test config");
     let app = App::start(config).await.expect("proxy starts");
     // Session traffic is refused until the state is loaded; tests of that window start the
     // app themselves.
