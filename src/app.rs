@@ -17,7 +17,8 @@ use crate::halt::{HaltLayer, HaltStats, SessionHooks};
 use crate::ingress::Ingress;
 use crate::rules::{RuleErrors, RuleSet};
 use crate::session::{
-    open_store, ClosedSet, FeedConfig, LocalCopy, Outbox, RelayConfig, StoreError, StoreLocator,
+    open_store, unix_ms_now, ClosedSet, FeedConfig, LocalCopy, Outbox, RelayConfig, SessionStore,
+    StoreError, StoreLocator,
 };
 use crate::session_gate::SessionGate;
 use crate::shutdown::{self, ShutdownTrigger};
@@ -61,6 +62,24 @@ async fn serve_from_copy_unless_store_answers(closed: Arc<ClosedSet>, wait: Dura
             "The session store has not answered; serving from the local copy until it does."
         );
         closed.mark_ready();
+    }
+}
+
+/// Clears the evidence excerpts of closures older than `retention`, shortly after start and
+/// then every tenth of the retention (at most hourly). The closures themselves stay.
+async fn prune_closure_details(store: Arc<dyn SessionStore>, retention: Duration) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_secs(10).min(every)).await;
+    loop {
+        let cutoff = unix_ms_now().saturating_sub(retention.as_millis() as u64);
+        match store.prune_closure_details(cutoff).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "Closure details past their retention cleared."),
+            Err(error) => {
+                tracing::warn!(%error, "Closure details could not be pruned; retrying later.")
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -146,6 +165,12 @@ impl App {
         };
         let gate = Arc::new(SessionGate::new(store, closed, outbox).with_local_copy(local));
         tasks.push(tokio::spawn(gate.clone().load_key(local_secret)));
+        if let Some(retention) = config.closure_detail_retention {
+            tasks.push(tokio::spawn(prune_closure_details(
+                gate.store().clone(),
+                retention,
+            )));
+        }
         let hooks: Arc<dyn SessionHooks> = Arc::new(gate.clone());
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)

@@ -20,6 +20,7 @@ pub const DEFAULT_STORE: &str = "redb:haltgate.redb";
 pub const DEFAULT_OUTBOX: &str = "haltgate-outbox.redb";
 pub const DEFAULT_LOCAL_COPY: &str = "haltgate-local.redb";
 pub const DEFAULT_STORE_STARTUP_WAIT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CLOSURE_DETAIL_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// `haltgate.toml` as written. Every table rejects unknown fields.
@@ -36,6 +37,8 @@ pub struct ConfigSpec {
     pub local_copy: Option<PathBuf>,
     /// How long a start waits for a Redis store before serving from the local copy, e.g. `"5s"`.
     pub store_startup_wait: Option<String>,
+    /// How long the evidence excerpt of a closure is kept, e.g. `"30d"`; `"0"` keeps it forever.
+    pub closure_detail_retention: Option<String>,
     /// How long in-flight requests may run after SIGTERM/SIGINT, e.g. `"10s"`.
     pub shutdown_grace: Option<String>,
     #[serde(default)]
@@ -137,6 +140,8 @@ pub struct Config {
     pub outbox: PathBuf,
     pub local_copy: PathBuf,
     pub store_startup_wait: Duration,
+    /// `None`: closure details are kept forever.
+    pub closure_detail_retention: Option<Duration>,
     pub shutdown_grace: Duration,
     pub upstream: UpstreamSettings,
     pub max_body_bytes: usize,
@@ -229,6 +234,12 @@ impl Config {
             spec.store_startup_wait,
             DEFAULT_STORE_STARTUP_WAIT,
         );
+        let closure_detail_retention = Some(duration(
+            "closure_detail_retention",
+            spec.closure_detail_retention,
+            DEFAULT_CLOSURE_DETAIL_RETENTION,
+        ))
+        .filter(|retention| !retention.is_zero());
         let connect_timeout = duration(
             "upstream.connect_timeout",
             flags.connect_timeout.or(spec.upstream.connect_timeout),
@@ -320,6 +331,7 @@ impl Config {
                 .or(spec.local_copy)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_COPY)),
             store_startup_wait,
+            closure_detail_retention,
             shutdown_grace,
             upstream: UpstreamSettings {
                 connect_timeout,
@@ -509,9 +521,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
+                "{text:?}: unknown unit {other:?} (use ms, s, m, h or d)"
             ))
         }
     };
@@ -593,6 +606,10 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999999999999999h").is_err());
-        assert!(parse_duration("1d").is_err());
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert!(parse_duration("1w").is_err());
     }
 }

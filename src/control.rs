@@ -3,7 +3,7 @@
 //! | method and path | does |
 //! | --- | --- |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 once the proxy serves and the closed set is bootstrapped, else 503 |
+//! | `GET /readyz` | 200 once the proxy serves and its local view of closures is complete, else 503 |
 //! | `GET /v1/stats` | counters of the halt layer and the closed set |
 //! | `PUT /v1/sessions/{id}` | create open, or reopen a closed one at epoch + 1 |
 //! | `GET /v1/sessions/{id}` | the record; 404 if unknown |
@@ -213,6 +213,7 @@ impl Control {
             (&Method::GET, ["v1", "stats"]) => {
                 let mut stats = self.stats.to_json();
                 stats["closed_sessions"] = json!(self.gate.closed().closed_count());
+                stats["blocked_credentials"] = json!(self.gate.closed().blocked_count());
                 if let Some(outbox) = self.gate.outbox() {
                     stats["outbox_pending"] = json!(outbox.len().await.ok());
                 }

@@ -20,24 +20,7 @@ use support::fault_proxy::{Fault, FaultProxy};
 use support::redis_server::RedisServer;
 use support::*;
 
-const CHANNEL: &str = "C0123ABCD";
 const TOKEN: &str = "xoxb-REDACTED-1";
-
-/// A Slack stand-in: `?mode=` picks the answer.
-fn slack() -> Handler {
-    handler(|seen: Seen| async move {
-        let query = seen.uri.query().unwrap_or("");
-        let mode = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("mode="))
-            .unwrap_or("ok");
-        match mode {
-            "kick" => json(200, json!({"ok": false, "error": "not_in_channel"})),
-            "invalid_auth" => json(200, json!({"ok": false, "error": "invalid_auth"})),
-            _ => json(200, json!({"ok": true, "channel": CHANNEL})),
-        }
-    })
-}
 
 struct Call<'a> {
     session: Option<&'a str>,
@@ -92,35 +75,8 @@ impl<'a> Call<'a> {
     }
 }
 
-async fn send(agent: SocketAddr, call: &Call<'_>) -> (u16, http::HeaderMap, Value) {
-    let response = client().request(call.request(agent)).await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = read_body(response).await;
-    (
-        status,
-        headers,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-async fn control(app: &App, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", app.control_addr()))
-        .header("content-type", "application/json")
-        .body(match body {
-            Some(v) => body::full(v.to_string()),
-            None => body::empty(),
-        })
-        .unwrap();
-    let response = client().request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = read_body(response).await;
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+async fn make(agent: SocketAddr, call: &Call<'_>) -> (u16, http::HeaderMap, Value) {
+    send(call.request(agent)).await
 }
 
 /// A proxy over `dir` whose store is `store` (default: redb in `dir`), not yet ready.
@@ -164,7 +120,7 @@ fn sid(s: &str) -> SessionId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_a_large_state_forwards_no_closed_session_while_it_loads() {
     let redis = RedisServer::start();
-    let upstream = start_upstream(slack()).await;
+    let upstream = start_upstream(slack_upstream()).await;
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn SessionStore> = haltgate::session::open_store(&redis.url()).await.unwrap();
     // 20,000 closed sessions, written concurrently.
@@ -200,7 +156,7 @@ async fn a_restart_with_a_large_state_forwards_no_closed_session_while_it_loads(
             seen_ready = Some(Instant::now());
         }
         let id = &ids[(sent * 7919) % ids.len()];
-        let (status, headers, _) = send(agent, &Call::new(Some(id), "ok")).await;
+        let (status, headers, _) = make(agent, &Call::new(Some(id), "ok")).await;
         match status {
             503 => {
                 assert_eq!(headers["x-haltgate-error"], "not_ready");
@@ -234,7 +190,7 @@ async fn a_cold_start_with_redis_down_and_nothing_local_refuses_session_and_cred
     let redis = RedisServer::start();
     let fault = FaultProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
     fault.set(Fault::Refuse);
-    let upstream = start_upstream(slack()).await;
+    let upstream = start_upstream(slack_upstream()).await;
     let dir = tempfile::tempdir().unwrap();
     let app = start_unready(&upstream, dir.path(), Some(fault.redis_url())).await;
 
@@ -255,7 +211,7 @@ async fn a_cold_start_with_redis_down_and_nothing_local_refuses_session_and_cred
             ..Call::new(None, "ok")
         },
     ] {
-        let (status, headers, _) = send(app.agent_addr(), &call).await;
+        let (status, headers, _) = make(app.agent_addr(), &call).await;
         assert_eq!(status, 503);
         assert_eq!(headers["x-haltgate-error"], "not_ready");
     }
@@ -264,7 +220,7 @@ async fn a_cold_start_with_redis_down_and_nothing_local_refuses_session_and_cred
         headers: vec![],
         ..Call::new(None, "ok")
     };
-    assert_eq!(send(app.agent_addr(), &anonymous).await.0, 200);
+    assert_eq!(make(app.agent_addr(), &anonymous).await.0, 200);
     assert_eq!(upstream.hits(), 1);
 
     fault.set(Fault::Pass);
@@ -274,7 +230,7 @@ async fn a_cold_start_with_redis_down_and_nothing_local_refuses_session_and_cred
     .await;
     assert_eq!(control(&app, "GET", "/readyz", None).await.0, 200);
     assert_eq!(
-        send(app.agent_addr(), &Call::new(Some("s1"), "ok")).await.0,
+        make(app.agent_addr(), &Call::new(Some("s1"), "ok")).await.0,
         200
     );
     stop(app).await;
@@ -284,17 +240,17 @@ async fn a_cold_start_with_redis_down_and_nothing_local_refuses_session_and_cred
 async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew() {
     let redis = RedisServer::start();
     let fault = FaultProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
-    let upstream = start_upstream(slack()).await;
+    let upstream = start_upstream(slack_upstream()).await;
     let dir = tempfile::tempdir().unwrap();
 
     let first = start_ready(&upstream, dir.path(), Some(fault.redis_url())).await;
     let agent = first.agent_addr();
-    assert_eq!(send(agent, &Call::new(Some("kicked"), "kick")).await.0, 410);
+    assert_eq!(make(agent, &Call::new(Some("kicked"), "kick")).await.0, 410);
     let blocked = Call {
         headers: vec![("authorization", "Bearer xoxb-REDACTED-2".into())],
         ..Call::new(Some("uses-bad-token"), "invalid_auth")
     };
-    assert_eq!(send(agent, &blocked).await.0, 410);
+    assert_eq!(make(agent, &blocked).await.0, 410);
     // Redis goes away; this closure can only wait in the outbox. (A rule that needs no
     // session scope: scoped rules cannot decide while the scope cannot be read.)
     fault.set(Fault::Refuse);
@@ -302,7 +258,7 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
         headers: vec![("authorization", "Bearer xoxb-REDACTED-3".into())],
         ..Call::new(Some("closed-while-down"), "invalid_auth")
     };
-    let (status, _, body) = send(agent, &revoked).await;
+    let (status, _, body) = make(agent, &revoked).await;
     assert_eq!(
         (status, body["rule"].as_str()),
         (410, Some("slack.invalid_auth"))
@@ -321,7 +277,7 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
         ("kicked", "lost_access"),
         ("closed-while-down", "credential_invalid"),
     ] {
-        let (status, headers, _) = send(agent, &Call::new(Some(session), "ok")).await;
+        let (status, headers, _) = make(agent, &Call::new(Some(session), "ok")).await;
         assert_eq!(status, 410, "{session}");
         assert_eq!(headers["x-haltgate-halt"], class);
     }
@@ -329,13 +285,13 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
         headers: vec![("authorization", "bearer   xoxb-REDACTED-2".into())],
         ..Call::new(Some("another"), "ok")
     };
-    assert_eq!(send(agent, &reused).await.0, 410, "the block was kept");
+    assert_eq!(make(agent, &reused).await.0, 410, "the block was kept");
     assert_eq!(
         upstream.hits(),
         before,
         "nothing known closed reached upstream"
     );
-    assert_eq!(send(agent, &Call::new(Some("fresh"), "ok")).await.0, 200);
+    assert_eq!(make(agent, &Call::new(Some("fresh"), "ok")).await.0, 200);
 
     // Redis returns: the outbox lands, and the store then holds the closure.
     fault.set(Fault::Pass);
@@ -365,7 +321,7 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
 async fn a_full_redis_still_lets_an_instance_become_ready() {
     let redis =
         RedisServer::start_with(&["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]);
-    let upstream = start_upstream(slack()).await;
+    let upstream = start_upstream(slack_upstream()).await;
     let dir = tempfile::tempdir().unwrap();
     let first = start_ready(&upstream, dir.path(), Some(redis.url())).await;
     stop(first).await;
@@ -395,7 +351,7 @@ async fn a_full_redis_still_lets_an_instance_become_ready() {
 async fn a_scope_that_cannot_be_read_closes_nothing() {
     let redis = RedisServer::start();
     let fault = FaultProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
-    let upstream = start_upstream(slack()).await;
+    let upstream = start_upstream(slack_upstream()).await;
     let dir = tempfile::tempdir().unwrap();
     let app = start_ready(&upstream, dir.path(), Some(fault.redis_url())).await;
     let (status, _) = control(
@@ -415,7 +371,7 @@ async fn a_scope_that_cannot_be_read_closes_nothing() {
             channel: "C_OTHER",
             ..Call::new(Some("scoped"), "kick")
         };
-        let (status, headers, body) = send(app.agent_addr(), &other).await;
+        let (status, headers, body) = make(app.agent_addr(), &other).await;
         assert_eq!(status, 200, "{fault_kind:?}: passed unchanged");
         assert!(headers.get("x-haltgate-halt").is_none());
         assert_eq!(body["error"], "not_in_channel");
@@ -427,7 +383,7 @@ async fn a_scope_that_cannot_be_read_closes_nothing() {
     assert_eq!(record["status"], "open", "nothing was replayed into Redis");
     // With the scope readable, this session's own channel still halts.
     assert_eq!(
-        send(app.agent_addr(), &Call::new(Some("scoped"), "kick"))
+        make(app.agent_addr(), &Call::new(Some("scoped"), "kick"))
             .await
             .0,
         410
@@ -437,7 +393,7 @@ async fn a_scope_that_cannot_be_read_closes_nothing() {
 
 #[tokio::test]
 async fn epochs_are_exact_integers_and_a_later_epoch_never_reopens() {
-    let upstream = start_upstream(slack()).await;
+    let upstream = start_upstream(slack_upstream()).await;
     let dir = tempfile::tempdir().unwrap();
     let app = start_ready(&upstream, dir.path(), None).await;
     let agent = app.agent_addr();
@@ -446,26 +402,26 @@ async fn epochs_are_exact_integers_and_a_later_epoch_never_reopens() {
             epoch: Some(bad),
             ..Call::new(Some("e"), "ok")
         };
-        assert_eq!(send(agent, &call).await.0, 400, "epoch {bad:?}");
+        assert_eq!(make(agent, &call).await.0, 400, "epoch {bad:?}");
     }
     let max = Call {
         epoch: Some("9007199254740991"),
         ..Call::new(Some("e"), "ok")
     };
     assert_eq!(
-        send(agent, &max).await.0,
+        make(agent, &max).await.0,
         200,
         "an open session is open at any epoch"
     );
 
-    assert_eq!(send(agent, &Call::new(Some("e"), "kick")).await.0, 410);
+    assert_eq!(make(agent, &Call::new(Some("e"), "kick")).await.0, 410);
     let before = upstream.hits();
     for later in ["1", "5", "9007199254740991"] {
         let call = Call {
             epoch: Some(later),
             ..Call::new(Some("e"), "ok")
         };
-        assert_eq!(send(agent, &call).await.0, 410, "epoch {later}");
+        assert_eq!(make(agent, &call).await.0, 410, "epoch {later}");
     }
     assert_eq!(upstream.hits(), before);
 
@@ -497,22 +453,22 @@ async fn epochs_are_exact_integers_and_a_later_epoch_never_reopens() {
         epoch: Some("1"),
         ..Call::new(Some("e"), "ok")
     };
-    assert_eq!(send(agent, &current).await.0, 200);
+    assert_eq!(make(agent, &current).await.0, 200);
     let old = Call {
         epoch: Some("0"),
         ..Call::new(Some("e"), "ok")
     };
-    assert_eq!(send(agent, &old).await.0, 410);
+    assert_eq!(make(agent, &old).await.0, 410);
     stop(app).await;
 }
 
 #[tokio::test]
 async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
-    let upstream = start_upstream(slack()).await;
+    let upstream = start_upstream(slack_upstream()).await;
     let dir = tempfile::tempdir().unwrap();
     let app = start_ready(&upstream, dir.path(), None).await;
     let agent = app.agent_addr();
-    let (status, headers, _) = send(agent, &Call::new(None, "invalid_auth")).await;
+    let (status, headers, _) = make(agent, &Call::new(None, "invalid_auth")).await;
     assert_eq!(status, 410);
     assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
     let before = upstream.hits();
@@ -531,7 +487,7 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
             headers: vec![(name, value.clone())],
             ..Call::new(None, "ok")
         };
-        let (status, headers, body) = send(agent, &call).await;
+        let (status, headers, body) = make(agent, &call).await;
         assert_eq!(status, 410, "{name}: {value:?}");
         assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
         assert!(
@@ -544,7 +500,7 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
         query: format!("&token={TOKEN}"),
         ..Call::new(None, "ok")
     };
-    assert_eq!(send(agent, &in_query).await.0, 410, "token query parameter");
+    assert_eq!(make(agent, &in_query).await.0, 410, "token query parameter");
     let in_form = Call {
         headers: vec![],
         form: Some(format!(
@@ -553,7 +509,7 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
         )),
         ..Call::new(None, "ok")
     };
-    assert_eq!(send(agent, &in_form).await.0, 410, "token form field");
+    assert_eq!(make(agent, &in_form).await.0, 410, "token form field");
     assert_eq!(upstream.hits(), before, "no spelling reached upstream");
 
     let other_form = Call {
@@ -563,7 +519,7 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
         )),
         ..Call::new(None, "ok")
     };
-    assert_eq!(send(agent, &other_form).await.0, 200);
+    assert_eq!(make(agent, &other_form).await.0, 200);
     assert_eq!(
         upstream.last_seen().body,
         format!("channel={CHANNEL}&token=xoxb-REDACTED-other&text=hi"),
@@ -573,12 +529,12 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
 }
 
 async fn blocked_credential_closes_its_session(store: Option<String>) {
-    let upstream = start_upstream(slack()).await;
+    let upstream = start_upstream(slack_upstream()).await;
     let dir = tempfile::tempdir().unwrap();
     let app = start_ready(&upstream, dir.path(), store).await;
     let agent = app.agent_addr();
     assert_eq!(
-        send(agent, &Call::new(Some("first"), "invalid_auth"))
+        make(agent, &Call::new(Some("first"), "invalid_auth"))
             .await
             .0,
         410
@@ -600,7 +556,7 @@ async fn blocked_credential_closes_its_session(store: Option<String>) {
         assert_eq!(status, 201);
     }
     let before = upstream.hits();
-    let (status, headers, body) = send(agent, &Call::new(Some("second"), "ok")).await;
+    let (status, headers, body) = make(agent, &Call::new(Some("second"), "ok")).await;
     assert_eq!(status, 410);
     assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
     assert_eq!(body["session"], "second");
@@ -632,7 +588,7 @@ async fn blocked_credential_closes_its_session(store: Option<String>) {
         headers: vec![],
         ..Call::new(Some("second"), "ok")
     };
-    assert_eq!(send(agent, &bare).await.0, 410);
+    assert_eq!(make(agent, &bare).await.0, 410);
     stop(app).await;
 }
 
@@ -649,7 +605,7 @@ async fn a_blocked_credential_closes_its_session_and_cancels_its_wakeups_with_re
 
 #[tokio::test]
 async fn a_zero_byte_store_file_stops_the_start_with_a_clear_error() {
-    let upstream = start_upstream(slack()).await;
+    let upstream = start_upstream(slack_upstream()).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
     std::fs::write(&path, b"").unwrap();

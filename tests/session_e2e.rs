@@ -11,48 +11,6 @@ use serde_json::{json, Value};
 use support::redis_server::RedisServer;
 use support::*;
 
-const CHANNEL: &str = "C0123ABCD";
-
-/// A Slack stand-in: `?mode=` picks the answer of chat.postMessage.
-fn slack_upstream() -> Handler {
-    slack_upstream_held(tokio::sync::watch::channel(true).1)
-}
-
-/// As [`slack_upstream`]; `held_kick` answers `not_in_channel` once `release` turns true.
-fn slack_upstream_held(release: tokio::sync::watch::Receiver<bool>) -> Handler {
-    handler(move |seen: Seen| {
-        let mut release = release.clone();
-        async move {
-            let query = seen.uri.query().unwrap_or("");
-            let mode = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("mode="))
-                .unwrap_or("ok");
-            match mode {
-                "kick" => json(200, json!({"ok": false, "error": "not_in_channel"})),
-                "invalid_auth" => json(200, json!({"ok": false, "error": "invalid_auth"})),
-                "ratelimit" => {
-                    let mut r = json(429, json!({"ok": false, "error": "ratelimited"}));
-                    r.headers_mut().insert("retry-after", "30".parse().unwrap());
-                    r
-                }
-                "quote" => json(
-                    200,
-                    json!({"ok": true, "channel": CHANNEL, "message": {"text": "bot said not_in_channel earlier"}}),
-                ),
-                "held_kick" => {
-                    let _ = release.wait_for(|released| *released).await;
-                    json(200, json!({"ok": false, "error": "not_in_channel"}))
-                }
-                _ => json(
-                    200,
-                    json!({"ok": true, "channel": CHANNEL, "ts": "1700000000.000100"}),
-                ),
-            }
-        }
-    })
-}
-
 fn post_message(
     proxy: &TestProxy,
     session: &str,
@@ -77,25 +35,6 @@ fn post_message(
         .unwrap()
 }
 
-async fn control(proxy: &TestProxy, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", proxy.control_addr()))
-        .header("content-type", "application/json")
-        .body(match body {
-            Some(v) => haltgate::body::full(v.to_string()),
-            None => haltgate::body::empty(),
-        })
-        .unwrap();
-    let response = client().request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = read_body(response).await;
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 async fn control_raw(proxy: &TestProxy, method: &str, path: &str, body: &str) -> u16 {
     let request = Request::builder()
         .method(method)
@@ -104,18 +43,6 @@ async fn control_raw(proxy: &TestProxy, method: &str, path: &str, body: &str) ->
         .body(haltgate::body::full(body.to_owned()))
         .unwrap();
     client().request(request).await.unwrap().status().as_u16()
-}
-
-async fn send(request: Request<haltgate::body::ProxyBody>) -> (u16, http::HeaderMap, Value) {
-    let response = client().request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = read_body(response).await;
-    (
-        status,
-        headers,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 async fn slack_proxy(upstream: &Upstream, store: Option<String>) -> TestProxy {

@@ -885,6 +885,46 @@ async fn invalid_input_is_rejected_before_writing(b: &impl Backend, case: &str) 
     assert!(all_events(store.as_ref()).await.is_empty());
 }
 
+async fn closure_details_are_pruned_after_retention_and_the_closure_stays(
+    b: &impl Backend,
+    case: &str,
+) {
+    let store = b.store(case).await;
+    let t0 = 1_700_000_000_000;
+    let (old, recent) = (sid("old"), sid("recent"));
+    store
+        .close(&old, lost_access("r").observed_at(t0))
+        .await
+        .unwrap();
+    store
+        .close(&recent, lost_access("r").observed_at(t0 + 10_000))
+        .await
+        .unwrap();
+    assert_eq!(store.prune_closure_details(t0 + 5_000).await.unwrap(), 1);
+    let pruned = store.get(&old).await.unwrap().unwrap();
+    assert!(pruned.is_closed(), "the fact of the closure stays");
+    let closure = pruned.closure.unwrap();
+    assert_eq!(
+        (
+            closure.detail.as_str(),
+            closure.rule.as_str(),
+            closure.closed_at_ms
+        ),
+        ("", "r", t0)
+    );
+    assert_eq!(closure.reason, "bot removed from the channel");
+    let kept = store.get(&recent).await.unwrap().unwrap().closure.unwrap();
+    assert!(kept.detail.contains("not_in_channel"));
+    assert_eq!(
+        store.prune_closure_details(t0 + 5_000).await.unwrap(),
+        0,
+        "a repeat finds nothing left"
+    );
+    assert_eq!(store.prune_closure_details(t0 + 20_000).await.unwrap(), 1);
+    let snapshot = store.snapshot().await.unwrap();
+    assert_eq!(snapshot.sessions.len(), 2, "both closures are still known");
+}
+
 macro_rules! run_cases {
     ($backend:expr) => {
         run_cases!($backend, [
@@ -905,6 +945,7 @@ macro_rules! run_cases {
             watch_delivers_live_events,
             deployment_secret_is_generated_once_and_shared,
             invalid_input_is_rejected_before_writing,
+            closure_details_are_pruned_after_retention_and_the_closure_stays,
         ])
     };
     ($backend:expr, [$($case:ident),* $(,)?]) => {{

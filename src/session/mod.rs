@@ -9,10 +9,14 @@
 //!   are blocked", read on every request with no I/O, fed by the store's log.
 //! - [`Outbox`]: a local durable queue of closures the shared store could not take (it was
 //!   down or slow); a relay replays them until the store confirms.
+//! - [`LocalCopy`]: with a shared store, this instance's durable copy of its closed set, so
+//!   a start while the store is down still knows every closure and block it had seen.
 //!
 //! # How the proxy uses it
-//! - At startup: `open_store(url)`, then `ClosedSet::spawn_feed` (readiness is
-//!   [`ClosedSet::is_ready`]) and `Outbox::open` + `Outbox::spawn_relay` with the same store.
+//! - At startup: `open_store(url)`; with Redis, `LocalCopy::load_into` and the outbox's
+//!   pending closures first; then `ClosedSet::spawn_feed` (readiness is
+//!   [`ClosedSet::is_ready`]: nothing that names a session or carries a credential is
+//!   forwarded before), `Outbox::spawn_relay` and `LocalCopy::spawn_flusher`.
 //! - Before forwarding a request: [`ClosedSet::check`] and [`ClosedSet::is_blocked`], no I/O.
 //! - On a lost-access match: [`ClosedSet::insert_closure`] (halts the next request at once),
 //!   then [`close_or_enqueue`] with the request's epoch (or none), then
@@ -192,6 +196,14 @@ pub trait SessionStore: Send + Sync + 'static {
             })
         })
     }
+
+    /// Clears the evidence excerpt (`detail`) of closures made before `closed_before_ms`; the
+    /// fact of the closure and its class, rule, reason and time stay. Returns how many were
+    /// cleared. Each call resumes where the previous one ended, so it is cheap to repeat.
+    fn prune_closure_details(
+        &self,
+        closed_before_ms: u64,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Live notifications of every instance's changes. Must be called inside a Tokio runtime:
     /// it starts a task that ends when the receiver is dropped. The first notice is always

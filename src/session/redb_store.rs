@@ -57,6 +57,10 @@ const DEPLOYMENT_SECRET: &str = "deployment_secret";
 /// Set once `marks` holds a row for every session with closure history (files written
 /// before the table existed get it built at their first open).
 const MARKS_BUILT: &str = "marks_built";
+/// Closures made before this time (unix ms) already had their details pruned.
+const DETAILS_PRUNED_BEFORE: &str = "details_pruned_before";
+/// Sessions whose details one writer job prunes, so other writes wait little.
+const PRUNE_BATCH: usize = 1_000;
 /// Rows per snapshot page.
 const SNAPSHOT_PAGE: usize = 10_000;
 const CURSOR_PREFIX: &str = "redb:";
@@ -1032,6 +1036,71 @@ impl Inner {
         Ok(page)
     }
 
+    /// Sessions closed in `[already pruned, before_ms)`, from the compact marks.
+    fn prune_candidates(&self, before_ms: u64) -> Result<(u64, Vec<String>), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let done = txn
+            .open_table(COUNTERS)
+            .map_err(db_err)?
+            .get(DETAILS_PRUNED_BEFORE)
+            .map_err(db_err)?
+            .map_or(0, |g| g.value());
+        let mut candidates = Vec::new();
+        if before_ms <= done {
+            return Ok((done, candidates));
+        }
+        for row in txn
+            .open_table(MARKS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (id, mark) = row.map_err(db_err)?;
+            let mark = MarkRow::decode(mark.value())?;
+            if mark
+                .closure
+                .is_some_and(|c| (done..before_ms).contains(&c.closed_at_ms))
+            {
+                candidates.push(id.value().to_owned());
+            }
+        }
+        Ok((done, candidates))
+    }
+
+    fn prune_details_of(&self, ids: &[String], before_ms: u64) -> Result<u64, StoreError> {
+        self.write(|txn, _| {
+            let mut pruned = 0;
+            for id in ids {
+                let id = SessionId::parse(id)?;
+                let Some(mut stored) = Self::load_session(txn, &id)? else {
+                    continue;
+                };
+                if let Some(closure) = stored.record.closure.as_mut() {
+                    if closure.closed_at_ms < before_ms && !closure.detail.is_empty() {
+                        closure.detail.clear();
+                        Self::save_session(txn, &stored)?;
+                        pruned += 1;
+                    }
+                }
+            }
+            Ok(pruned)
+        })
+    }
+
+    fn set_pruned_before(&self, before_ms: u64) -> Result<(), StoreError> {
+        self.write(|txn, _| {
+            let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+            let done = counters
+                .get(DETAILS_PRUNED_BEFORE)
+                .map_err(db_err)?
+                .map_or(0, |g| g.value());
+            counters
+                .insert(DETAILS_PRUNED_BEFORE, done.max(before_ms))
+                .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
     fn deployment_secret(&self) -> Result<Vec<u8>, StoreError> {
         {
             let txn = self.db.begin_read().map_err(db_err)?;
@@ -1147,6 +1216,27 @@ impl SessionStore for RedbStore {
         from: Option<String>,
     ) -> BoxFuture<'_, Result<SnapshotPage, StoreError>> {
         Box::pin(self.blocking(move |inner| inner.snapshot_page(from, SNAPSHOT_PAGE)))
+    }
+
+    fn prune_closure_details(
+        &self,
+        closed_before_ms: u64,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let (_, candidates) = self
+                .blocking(move |inner| inner.prune_candidates(closed_before_ms))
+                .await?;
+            let mut pruned = 0;
+            for batch in candidates.chunks(PRUNE_BATCH) {
+                let batch = batch.to_vec();
+                pruned += self
+                    .writing(move |inner| inner.prune_details_of(&batch, closed_before_ms))
+                    .await?;
+            }
+            self.writing(move |inner| inner.set_pruned_before(closed_before_ms))
+                .await?;
+            Ok(pruned)
+        })
     }
 
     fn watch(&self) -> mpsc::Receiver<Notice> {

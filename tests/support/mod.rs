@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use bytes::Bytes;
 use haltgate::app::App;
 use haltgate::body::{self, ProxyBody};
@@ -329,4 +331,80 @@ pub async fn wait_ready(app: &App) {
         }
     })
     .await
+}
+
+/// The Slack channel the stand-in answers for.
+pub const CHANNEL: &str = "C0123ABCD";
+
+/// A Slack stand-in: `?mode=` picks the answer of chat.postMessage.
+pub fn slack_upstream() -> Handler {
+    slack_upstream_held(tokio::sync::watch::channel(true).1)
+}
+
+/// As [`slack_upstream`]; `held_kick` answers `not_in_channel` once `release` turns true.
+pub fn slack_upstream_held(release: tokio::sync::watch::Receiver<bool>) -> Handler {
+    handler(move |seen: Seen| {
+        let mut release = release.clone();
+        async move {
+            let query = seen.uri.query().unwrap_or("");
+            let mode = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("mode="))
+                .unwrap_or("ok");
+            match mode {
+                "kick" => json(200, json!({"ok": false, "error": "not_in_channel"})),
+                "invalid_auth" => json(200, json!({"ok": false, "error": "invalid_auth"})),
+                "ratelimit" => {
+                    let mut r = json(429, json!({"ok": false, "error": "ratelimited"}));
+                    r.headers_mut().insert("retry-after", "30".parse().unwrap());
+                    r
+                }
+                "quote" => json(
+                    200,
+                    json!({"ok": true, "channel": CHANNEL, "message": {"text": "bot said not_in_channel earlier"}}),
+                ),
+                "held_kick" => {
+                    let _ = release.wait_for(|released| *released).await;
+                    json(200, json!({"ok": false, "error": "not_in_channel"}))
+                }
+                _ => json(
+                    200,
+                    json!({"ok": true, "channel": CHANNEL, "ts": "1700000000.000100"}),
+                ),
+            }
+        }
+    })
+}
+
+/// A control API call with a JSON body; the status and the JSON answer.
+pub async fn control(app: &App, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", app.control_addr()))
+        .header("content-type", "application/json")
+        .body(match body {
+            Some(v) => haltgate::body::full(v.to_string()),
+            None => haltgate::body::empty(),
+        })
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = read_body(response).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Sends a request; the status, headers and JSON body (`Null` when not JSON).
+pub async fn send(request: Request<haltgate::body::ProxyBody>) -> (u16, http::HeaderMap, Value) {
+    let response = client().request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = read_body(response).await;
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }

@@ -90,6 +90,11 @@ impl Keys {
         format!("{}:secret", self.prefix)
     }
 
+    /// Closures made before this time (unix ms) already had their details pruned.
+    pub(crate) fn details_pruned_before(&self) -> String {
+        format!("{}:details_pruned_before", self.prefix)
+    }
+
     pub(crate) fn channel(&self) -> String {
         format!("{}:events", self.prefix)
     }

@@ -35,7 +35,8 @@ use super::error::StoreError;
 use super::event::{CredentialMark, EventCursor, EventPage, Notice, Snapshot};
 use super::model::{
     check_exact, check_payload, check_rule, hex, new_wakeup_id, unix_ms_now, AddWakeup,
-    ClaimedWakeup, CloseOutcome, Closure, OpenSpec, SessionId, SessionRecord, Wakeup,
+    ClaimedWakeup, CloseOutcome, Closure, OpenSpec, SessionId, SessionRecord, SessionStatus,
+    Wakeup,
 };
 use super::store_url::redact;
 use super::{BoxFuture, SessionStore};
@@ -683,6 +684,58 @@ impl Inner {
         })
     }
 
+    async fn prune_closure_details(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let watermark = self.keys.details_pruned_before();
+        let done: Option<u64> = self
+            .command(redis::cmd("GET").arg(&watermark).clone())
+            .await?;
+        let done = done.unwrap_or(0);
+        if before_ms <= done {
+            return Ok(0);
+        }
+        let mut pruned = 0;
+        for p in 0..PARTITIONS {
+            let mut cursor = "0".to_owned();
+            loop {
+                let (next, marks): (String, HashMap<String, String>) = self
+                    .command(
+                        redis::cmd("HSCAN")
+                            .arg(self.keys.marks(p))
+                            .arg(&cursor)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .clone(),
+                    )
+                    .await?;
+                for (sid, json) in marks {
+                    let mark = mark_from_json(&sid, &json)?;
+                    let old = mark
+                        .last_closure
+                        .is_some_and(|c| (done..before_ms).contains(&c.closed_at_ms));
+                    if old && mark.status == SessionStatus::Closed {
+                        let cleared: u64 = self
+                            .command(
+                                redis::cmd("HDEL")
+                                    .arg(self.keys.session(p, &sid))
+                                    .arg("detail")
+                                    .clone(),
+                            )
+                            .await?;
+                        pruned += cleared;
+                    }
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let _: Value = self
+            .command(redis::cmd("SET").arg(&watermark).arg(before_ms).clone())
+            .await?;
+        Ok(pruned)
+    }
+
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let reads = (0..PARTITIONS).map(|p| {
             let keys = [
@@ -853,6 +906,13 @@ impl SessionStore for RedisStore {
 
     fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
         Box::pin(self.inner.snapshot())
+    }
+
+    fn prune_closure_details(
+        &self,
+        closed_before_ms: u64,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.inner.prune_closure_details(closed_before_ms))
     }
 
     fn watch(&self) -> mpsc::Receiver<Notice> {
