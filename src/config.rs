@@ -299,13 +299,9 @@ impl Config {
             .store
             .or(spec.store)
             .unwrap_or_else(|| DEFAULT_STORE.to_owned());
-        if !(store.starts_with("redb:")
-            || store.starts_with("redis://")
-            || store.starts_with("rediss://"))
-        {
-            errors.push(format!(
-                "store: {store:?} must be redb:PATH or redis://HOST:PORT/DB"
-            ));
+        // The one store URL parser: what it accepts here is what opens at start.
+        if let Err(error) = crate::session::StoreLocator::parse(&store) {
+            errors.push(format!("store: {error}"));
         }
 
         if !errors.is_empty() {

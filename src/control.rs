@@ -214,6 +214,7 @@ impl Control {
                 let mut stats = self.stats.to_json();
                 stats["closed_sessions"] = json!(self.gate.closed().closed_count());
                 stats["blocked_credentials"] = json!(self.gate.closed().blocked_count());
+                stats["store_replicas_to_ack"] = json!(self.gate.store().replicas_to_ack());
                 if let Some(outbox) = self.gate.outbox() {
                     stats["outbox_pending"] = json!(outbox.len().await.ok());
                 }

@@ -93,6 +93,14 @@ impl SessionGate {
                 }
             }
         };
+        // Learn how many replicas a closure must reach while the store is whole: found later,
+        // after a failover, a master may have none for a while. Readiness does not wait.
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.replicated().await {
+                tracing::warn!(%error, "Replicas did not confirm the first check.");
+            }
+        });
         if kept.as_ref().is_some_and(|kept| *kept != secret) {
             tracing::error!("The store's deployment secret differs from the one kept locally; credential fingerprints follow the kept one until restart.");
             return;
@@ -151,13 +159,40 @@ impl SessionGate {
         let local_epoch = self.closed.epoch_for(id, closure.epoch);
         self.closed.insert_closure(id, local_epoch, &closure);
         let disposition = match &self.outbox {
-            Some(outbox) => close_or_enqueue(&*self.store, outbox, id, closure).await?,
+            Some(outbox) => {
+                let disposition =
+                    close_or_enqueue(&*self.store, outbox, id, closure.clone()).await?;
+                if matches!(disposition, CloseDisposition::Stored(_)) {
+                    self.confirm_replicated(outbox, id, closure);
+                }
+                disposition
+            }
             None => CloseDisposition::Stored(self.store.close(id, closure).await?),
         };
         if let CloseDisposition::Stored(outcome) = &disposition {
             self.closed.record_outcome(id, outcome);
         }
         Ok(disposition)
+    }
+
+    /// A closure the shared store took counts as stored once it is replicated the configured
+    /// way. That is checked in the background, so the halt never waits for replicas; a
+    /// closure they do not confirm goes to the outbox and is replayed until they do.
+    fn confirm_replicated(&self, outbox: &Outbox, id: &SessionId, closure: Closure) {
+        let (store, outbox, id) = (self.store.clone(), outbox.clone(), id.clone());
+        tokio::spawn(async move {
+            let Err(cause) = store.replicated().await else {
+                return;
+            };
+            match outbox.record(&id, &closure).await {
+                Ok(entry) => {
+                    tracing::warn!(session = %id, entry, error = %cause, "Closure not confirmed by replicas; queued in the outbox.")
+                }
+                Err(error) => {
+                    tracing::error!(session = %id, %error, "Closure not confirmed by replicas and the outbox cannot take it.")
+                }
+            }
+        });
     }
 
     async fn block(&self, block: CredentialBlock) {

@@ -205,6 +205,19 @@ pub trait SessionStore: Send + Sync + 'static {
         closed_before_ms: u64,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
+    /// Waits until every write this handle made so far is replicated the configured way
+    /// (Redis: `WAIT` for `replicas_to_ack` replicas). A retryable error means it is not
+    /// confirmed yet: the caller keeps the closure in its outbox. Stores that are durable on
+    /// their own (redb fsyncs every write) answer at once.
+    fn replicated(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Replicas a write must reach to count as stored, when known.
+    fn replicas_to_ack(&self) -> Option<u32> {
+        None
+    }
+
     /// Live notifications of every instance's changes. Must be called inside a Tokio runtime:
     /// it starts a task that ends when the receiver is dropped. The first notice is always
     /// [`Notice::Resync`], sent once the subscription is live; another `Resync` follows every

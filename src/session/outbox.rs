@@ -369,21 +369,14 @@ async fn relay(
         // Set when the store is down or the outbox itself cannot be written: both call for
         // a pause, not an immediate retry.
         let mut back_off = false;
+        // Replay every record the store takes, then confirm them together: stored counts
+        // only once replicated the configured way (Redis `WAIT`), so until then the records
+        // stay and are replayed (a replay answers `AlreadyClosed`). Replaying them all first
+        // also lets writes to a moved slot refresh the client's view of the cluster.
+        let mut replayed = Vec::new();
         for entry in pending {
             match store.close(&entry.session, entry.closure.clone()).await {
-                Ok(outcome) => {
-                    let landed = match &outcome {
-                        CloseOutcome::Closed { .. } => "closed",
-                        CloseOutcome::AlreadyClosed { .. } => "already_closed",
-                        CloseOutcome::Fenced { .. } => "fenced",
-                    };
-                    tracing::info!(session = %entry.session, entry = entry.id, outcome = landed, "Relayed a queued closure.");
-                    if let Err(err) = outbox.remove(entry.id).await {
-                        tracing::error!(error = %err, entry = entry.id, "Cannot delete a relayed closure from the outbox.");
-                        back_off = true;
-                        break;
-                    }
-                }
+                Ok(outcome) => replayed.push((entry, outcome)),
                 Err(err) if err.is_retryable() => {
                     tracing::debug!(error = %err, "Store still unavailable for queued closures.");
                     back_off = true;
@@ -397,6 +390,26 @@ async fn relay(
                         break;
                     }
                 }
+            }
+        }
+        if !replayed.is_empty() {
+            if let Err(err) = store.replicated().await {
+                tracing::debug!(error = %err, "Replayed closures not confirmed by replicas yet.");
+                back_off = true;
+                replayed.clear();
+            }
+        }
+        for (entry, outcome) in replayed {
+            let landed = match &outcome {
+                CloseOutcome::Closed { .. } => "closed",
+                CloseOutcome::AlreadyClosed { .. } => "already_closed",
+                CloseOutcome::Fenced { .. } => "fenced",
+            };
+            tracing::info!(session = %entry.session, entry = entry.id, outcome = landed, "Relayed a queued closure.");
+            if let Err(err) = outbox.remove(entry.id).await {
+                tracing::error!(error = %err, entry = entry.id, "Cannot delete a relayed closure from the outbox.");
+                back_off = true;
+                break;
             }
         }
         drop(outbox);

@@ -102,6 +102,15 @@ fn apply_option(
                 ))
             }
         },
+        "replicas_to_ack" => {
+            options.replicas_to_ack = match value {
+                "auto" => None,
+                n => Some(n.parse::<u32>().map_err(|_| {
+                    format!("replicas_to_ack={value:?} must be auto or a number of replicas")
+                })?),
+            }
+        }
+        "replica_ack_timeout_ms" => options.replica_ack_timeout = millis(value)?,
         "cluster" => match value {
             "true" | "1" | "yes" => *cluster = true,
             "false" | "0" | "no" => *cluster = false,

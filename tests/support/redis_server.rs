@@ -198,24 +198,36 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of `masters` nodes without replicas.
+/// A Redis Cluster: `nodes[..masters]` start as masters, the rest as their replicas.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// `masters` nodes without replicas.
     pub fn start(masters: usize) -> Self {
+        Self::start_with_replicas(masters, 0, "5000")
+    }
+
+    /// `masters` nodes with `replicas` replicas each; `node_timeout_ms` bounds how long a dead
+    /// master goes unnoticed before its replica takes over. Every node fsyncs every write.
+    pub fn start_with_replicas(masters: usize, replicas: usize, node_timeout_ms: &str) -> Self {
         let cluster_args = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
             "nodes.conf",
             "--cluster-node-timeout",
-            "5000",
+            node_timeout_ms,
             "--stream-node-max-entries",
             "4",
+            "--appendfsync",
+            "always",
+            // A replica is in sync at once instead of after the default 5 s wait.
+            "--repl-diskless-sync-delay",
+            "0",
         ];
-        let nodes: Vec<RedisServer> = (0..masters)
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| RedisServer::start_with(&cluster_args))
             .collect();
         let addresses: Vec<String> = nodes
@@ -226,7 +238,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -236,12 +248,16 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let all_ok = nodes
                 .iter()
                 .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"));
-            if all_ok {
+            let replicas_synced = nodes[..masters].iter().all(|n| {
+                let info = n.cli(&["info", "replication"]);
+                info.matches("state=online").count() == replicas
+            });
+            if all_ok && replicas_synced {
                 break;
             }
             assert!(
@@ -265,5 +281,52 @@ impl RedisCluster {
 
     pub fn node_urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Nodes that are running and answer `cluster_state:ok`.
+    pub fn healthy(&self) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running() && n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+            .collect()
+    }
+
+    /// The running node that serves `slot` as master.
+    pub fn master_of(&self, slot: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .find(|n| {
+                let info = n.cli(&["info", "replication"]);
+                info.contains("role:master")
+                    && n.cli(&["cluster", "countkeysinslot", &slot.to_string()])
+                        .trim()
+                        .parse::<u64>()
+                        .is_ok()
+                    && n.cli(&["cluster", "myid"]).trim() == Self::owner_id(n, slot)
+            })
+            .expect("a running master serves the slot")
+    }
+
+    /// The id of the node that owns `slot`, as `node` sees the cluster.
+    pub fn owner_id(node: &RedisServer, slot: u16) -> String {
+        for line in node.cli(&["cluster", "nodes"]).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") {
+                continue;
+            }
+            for range in &fields[8..] {
+                let (start, end) = match range.split_once('-') {
+                    Some((a, b)) => (a.parse::<u16>().ok(), b.parse::<u16>().ok()),
+                    None => (range.parse::<u16>().ok(), range.parse::<u16>().ok()),
+                };
+                if let (Some(start), Some(end)) = (start, end) {
+                    if (start..=end).contains(&slot) {
+                        return fields[0].to_owned();
+                    }
+                }
+            }
+        }
+        panic!("no master owns slot {slot}");
     }
 }

@@ -61,6 +61,11 @@ pub struct RedisOptions {
     pub event_retention: u64,
     /// How often the live subscriber pings to find a dead connection.
     pub ping_interval: Duration,
+    /// Replicas a closure must reach before it counts as stored (`WAIT`); `None`: one when the
+    /// store has replicas at the first check, none otherwise.
+    pub replicas_to_ack: Option<u32>,
+    /// How long one `WAIT` may take; a closure not replicated by then stays in the outbox.
+    pub replica_ack_timeout: Duration,
 }
 
 impl Default for RedisOptions {
@@ -71,9 +76,14 @@ impl Default for RedisOptions {
             connect_timeout: Duration::from_millis(500),
             event_retention: 10_000,
             ping_interval: Duration::from_secs(5),
+            replicas_to_ack: None,
+            replica_ack_timeout: Duration::from_millis(500),
         }
     }
 }
+
+/// How long finding out whether the store has replicas waits for one to confirm.
+const REPLICA_PROBE: Duration = Duration::from_millis(500);
 
 /// The Redis-backed [`SessionStore`]. Cheap to clone; clones share connections.
 #[derive(Clone)]
@@ -86,6 +96,16 @@ struct Inner {
     keys: Keys,
     options: RedisOptions,
     subscribe_nodes: Vec<String>,
+    /// Opens short-lived connections of their own, for checks that must not share (or
+    /// block) the connections writes go through.
+    probe: Probe,
+    /// `replicas_to_ack` once known (resolved at the first check when set to auto).
+    required_acks: tokio::sync::OnceCell<u32>,
+}
+
+enum Probe {
+    Standalone(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 #[derive(Clone)]
@@ -160,7 +180,7 @@ impl RedisStore {
             url: redact(url),
             reason: e.to_string(),
         };
-        let (conn, subscribe_nodes) = match &target {
+        let (conn, probe, subscribe_nodes) = match &target {
             RedisTarget::Standalone { url } => {
                 let client = redis::Client::open(url.as_str()).map_err(|e| bad(url, e))?;
                 // Few quick reconnect attempts: every call is bounded by op_timeout anyway, and
@@ -171,9 +191,10 @@ impl RedisStore {
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(20))
                     .set_max_delay(Duration::from_millis(200));
+                let probe = Probe::Standalone(client.clone());
                 let manager = ConnectionManager::new_lazy_with_config(client, config)
                     .map_err(|e| bad(url, e))?;
-                (Conn::Standalone(manager), vec![url.clone()])
+                (Conn::Standalone(manager), probe, vec![url.clone()])
             }
             RedisTarget::Cluster { nodes } => {
                 if nodes.is_empty() {
@@ -195,6 +216,7 @@ impl RedisStore {
                     .set_response_timeout(options.op_timeout);
                 (
                     Conn::Cluster(client.get_pending_async_connection_with_config(config)),
+                    Probe::Cluster(Box::new(client)),
                     nodes.clone(),
                 )
             }
@@ -205,6 +227,8 @@ impl RedisStore {
                 keys: Keys::new(&options.prefix),
                 options,
                 subscribe_nodes,
+                probe,
+                required_acks: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -238,6 +262,111 @@ impl Inner {
         let mut conn = self.conn.clone();
         self.timed(async move { invocation.invoke_async(&mut conn).await })
             .await
+    }
+
+    /// Replicas every write must reach: the configured number, or for auto one when every
+    /// master has a replica in sync, none otherwise. Resolved once, while the store is whole.
+    async fn required_acks(&self) -> Result<u32, StoreError> {
+        if let Some(fixed) = self.options.replicas_to_ack {
+            return Ok(fixed);
+        }
+        let acks = self
+            .required_acks
+            .get_or_try_init(|| async {
+                let acks = self.replicas_in_sync().await?.min(1) as u32;
+                tracing::info!(
+                    replicas_to_ack = acks,
+                    "Closures count as stored once on this many replicas."
+                );
+                Ok::<_, StoreError>(acks)
+            })
+            .await?;
+        Ok(*acks)
+    }
+
+    /// Replicas in sync with their master (the fewest of any master on Cluster), asked on a
+    /// fresh connection of its own so a blocking `WAIT` never holds up the connection writes
+    /// go through. `WAIT 0 0` answers at once but counts only replicas that already confirmed
+    /// the master's latest offset; when it finds none, `WAIT 1` gives them a moment.
+    async fn replicas_in_sync(&self) -> Result<u64, StoreError> {
+        let at_once = redis::cmd("WAIT").arg(0).arg(0).clone();
+        let moment = redis::cmd("WAIT")
+            .arg(1)
+            .arg(REPLICA_PROBE.as_millis() as u64)
+            .clone();
+        let limit = self.options.op_timeout + REPLICA_PROBE;
+        let probe = async {
+            match &self.probe {
+                Probe::Standalone(client) => {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.options.connect_timeout))
+                        .set_response_timeout(Some(limit));
+                    let mut conn = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?;
+                    // A server without replicas says so at once; only one with replicas is
+                    // asked to wait for them.
+                    let info: String = redis::cmd("INFO")
+                        .arg("replication")
+                        .query_async(&mut conn)
+                        .await?;
+                    let connected = info
+                        .lines()
+                        .find_map(|l| l.strip_prefix("connected_slaves:"))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    if connected == 0 {
+                        return Ok(0);
+                    }
+                    let found: u64 = at_once.query_async(&mut conn).await?;
+                    if found > 0 {
+                        return Ok(found);
+                    }
+                    moment.query_async(&mut conn).await
+                }
+                Probe::Cluster(client) => {
+                    let config = redis::cluster::ClusterConfig::new()
+                        .set_connection_timeout(self.options.connect_timeout)
+                        .set_response_timeout(limit);
+                    let mut conn = client.get_async_connection_with_config(config).await?;
+                    let found: u64 = at_once.query_async(&mut conn).await?;
+                    if found > 0 {
+                        return Ok(found);
+                    }
+                    moment.query_async(&mut conn).await
+                }
+            }
+        };
+        match tokio::time::timeout(limit, probe).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(error)) => Err(StoreError::Unavailable(error.to_string())),
+            Err(_) => Err(StoreError::Timeout(limit)),
+        }
+    }
+
+    /// Waits until every write made on this handle's connections is on the required number
+    /// of replicas (`WAIT`, on every master for Cluster); `Unavailable` when they do not
+    /// confirm within `replica_ack_timeout`.
+    async fn replicated(&self) -> Result<(), StoreError> {
+        let required = self.required_acks().await?;
+        if required == 0 {
+            return Ok(());
+        }
+        let timeout = self.options.replica_ack_timeout;
+        let acked: u64 = self
+            .command(
+                redis::cmd("WAIT")
+                    .arg(required)
+                    .arg(timeout.as_millis() as u64)
+                    .clone(),
+            )
+            .await?;
+        if acked < u64::from(required) {
+            return Err(StoreError::Unavailable(format!(
+                "written, but on {acked} of {required} replicas after {timeout:?}"
+            )));
+        }
+        Ok(())
     }
 
     async fn command<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
@@ -913,6 +1042,17 @@ impl SessionStore for RedisStore {
         closed_before_ms: u64,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(self.inner.prune_closure_details(closed_before_ms))
+    }
+
+    fn replicated(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.inner.replicated())
+    }
+
+    fn replicas_to_ack(&self) -> Option<u32> {
+        self.inner
+            .options
+            .replicas_to_ack
+            .or_else(|| self.inner.required_acks.get().copied())
     }
 
     fn watch(&self) -> mpsc::Receiver<Notice> {
