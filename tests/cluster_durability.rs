@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use haltgate::session::{open_store, CloseClass, Closure, SessionId};
 use serde_json::json;
-use support::redis_server::{RedisCluster, RedisServer};
+use support::redis_server::RedisCluster;
 use support::*;
 
 /// Each test runs a cluster of its own; two at once would share two cores among a dozen
@@ -35,24 +35,12 @@ async fn proxy_on(store: String) -> (Upstream, TestProxy) {
     (upstream, proxy)
 }
 
-async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The store's partition of an id: FNV-1a 64 modulo 16 (pinned in `redis_store/keys.rs`).
 fn partition_of(id: &str) -> u64 {
     let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     hash % 16
-}
-
-fn myid(node: &RedisServer) -> String {
-    node.cli(&["cluster", "myid"]).trim().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,9 +86,9 @@ async fn closures_running_while_a_slot_migrates_are_all_stored() {
         .parse()
         .unwrap();
     let owner = RedisCluster::owner_id(&cluster.nodes[0], slot);
-    let from = cluster.nodes.iter().find(|n| myid(n) == owner).unwrap();
-    let to = cluster.nodes.iter().find(|n| myid(n) != owner).unwrap();
-    let (from_port, to_port, to_id) = (from.port(), to.port(), myid(to));
+    let from = cluster.nodes.iter().find(|n| n.node_id() == owner).unwrap();
+    let to = cluster.nodes.iter().find(|n| n.node_id() != owner).unwrap();
+    let (from_port, to_port, to_id) = (from.port(), to.port(), to.node_id());
 
     let gate = proxy.gate().clone();
     let closing = {
@@ -193,7 +181,13 @@ async fn closures_running_while_a_slot_migrates_are_all_stored() {
     closing.await.unwrap();
     eprintln!("{migrated} keys migrated while closures ran");
     for node in &cluster.nodes {
-        node.cli(&["cluster", "setslot", &slot.to_string(), "node", &myid(to)]);
+        node.cli(&[
+            "cluster",
+            "setslot",
+            &slot.to_string(),
+            "node",
+            &to.node_id(),
+        ]);
     }
 
     let outbox = proxy.gate().outbox().unwrap().clone();
@@ -211,7 +205,7 @@ async fn closures_running_while_a_slot_migrates_are_all_stored() {
     }
     assert_eq!(
         RedisCluster::owner_id(&cluster.nodes[0], slot),
-        myid(to),
+        to.node_id(),
         "the slot did move"
     );
     proxy.stop().await;

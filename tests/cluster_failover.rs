@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use haltgate::session::{open_store, CloseClass, Closure, SessionId, SessionStore};
-use support::redis_server::{RedisCluster, RedisServer};
+use support::redis_server::RedisCluster;
 use support::*;
 
 fn sid(s: &str) -> SessionId {
@@ -23,18 +23,6 @@ fn lost_access() -> Closure {
     )
 }
 
-fn myid(node: &RedisServer) -> String {
-    node.cli(&["cluster", "myid"]).trim().to_owned()
-}
-
-async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "about one run in three the cluster client never relearns the slots of the dead \
             master (its requests time out for minutes), so the outbox cannot drain; run with \
@@ -45,7 +33,7 @@ async fn no_acknowledged_closure_is_lost_when_a_master_dies() {
         .with_env_filter("haltgate=warn")
         .with_test_writer()
         .try_init();
-    let dead = myid(&cluster.nodes[0]);
+    let dead = cluster.nodes[0].node_id();
     let url = format!(
         "{}?replica_ack_timeout_ms=300&timeout_ms=3000",
         cluster.store_url()

@@ -408,3 +408,12 @@ pub async fn send(request: Request<haltgate::body::ProxyBody>) -> (u16, http::He
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
 }
+
+/// Polls `check` every 100 ms until it holds; panics after `limit`.
+pub async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

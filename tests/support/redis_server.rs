@@ -181,6 +181,11 @@ impl RedisServer {
         }
     }
 
+    /// This node's cluster id.
+    pub fn node_id(&self) -> String {
+        self.cli(&["cluster", "myid"]).trim().to_owned()
+    }
+
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(REDIS_CLI)
             .args(["-p", &self.port.to_string()])
