@@ -3,8 +3,9 @@
 //! | method and path | does |
 //! | --- | --- |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 once the proxy serves and its local view of closures is complete, else 503 |
+//! | `GET /readyz` | 200 once every check passes, else 503; the body names each check and the failing ones |
 //! | `GET /v1/stats` | counters of the halt layer and the closed set |
+//! | `GET /metrics` | every metric in the Prometheus text format (see [`crate::metrics`]) |
 //! | `PUT /v1/sessions/{id}` | create open, or reopen a closed one at epoch + 1 |
 //! | `GET /v1/sessions/{id}` | the record; 404 if unknown |
 //! | `POST /v1/sessions/{id}/close` | manual close, same atomic path as a rule match |
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -34,6 +36,8 @@ use tower_service::Service;
 use crate::body::{BoxError, ProxyBody};
 use crate::control_auth::ControlAuth;
 use crate::halt::HaltStats;
+use crate::metrics::{Metrics, ScrapeGauges, METRICS_CONTENT_TYPE};
+use crate::rules::RuleSet;
 use crate::session::{
     AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure, CredentialBlock, Fingerprint,
     OpenSpec, SessionId, SessionRecord, StoreError,
@@ -66,6 +70,15 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.serving.load(Ordering::Acquire) && self.gate.is_ready()
     }
+
+    /// Each check by name, in the order they are passed at start.
+    pub fn checks(&self) -> [(&'static str, bool); 3] {
+        [
+            ("serving", self.serving.load(Ordering::Acquire)),
+            ("closed_set_loaded", self.gate.closed().is_ready()),
+            ("credential_key_loaded", self.gate.credential_key_loaded()),
+        ]
+    }
 }
 
 /// Service for the control listener.
@@ -75,6 +88,7 @@ pub struct Control {
     gate: Arc<SessionGate>,
     stats: Arc<HaltStats>,
     auth: Arc<ControlAuth>,
+    metrics: Option<(Arc<Metrics>, Arc<ArcSwap<RuleSet>>)>,
 }
 
 impl Control {
@@ -89,7 +103,14 @@ impl Control {
             gate,
             stats,
             auth: Arc::new(auth),
+            metrics: None,
         }
+    }
+
+    /// Serves `/metrics` from `metrics`; `rules` gives the rule count.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>, rules: Arc<ArcSwap<RuleSet>>) -> Self {
+        self.metrics = Some((metrics, rules));
+        self
     }
 }
 
@@ -190,6 +211,30 @@ struct ClaimBody {
 }
 
 impl Control {
+    async fn metrics(&self) -> Result<Response<ProxyBody>, Problem> {
+        let Some((metrics, rules)) = &self.metrics else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "this control listener serves no metrics",
+            ));
+        };
+        let outbox_depth = match self.gate.outbox() {
+            Some(outbox) => outbox.len().await.unwrap_or(0),
+            None => 0,
+        };
+        let closed = self.gate.closed();
+        let text = metrics.encode(ScrapeGauges {
+            outbox_depth: outbox_depth as i64,
+            rules_loaded: rules.load().rule_count() as i64,
+            closed_sessions: closed.closed_count() as i64,
+            blocked_credentials: closed.blocked_count() as i64,
+        });
+        Response::builder()
+            .header(http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)
+            .body(crate::body::full(text))
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+
     async fn route<B>(&self, request: Request<B>) -> Result<Response<ProxyBody>, Problem>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -202,14 +247,30 @@ impl Control {
             (&Method::GET, ["healthz"]) => {
                 Ok(json_response(StatusCode::OK, json!({"status": "ok"})))
             }
-            (&Method::GET, ["readyz"]) => Ok(if self.readiness.is_ready() {
-                json_response(StatusCode::OK, json!({"status": "ready"}))
-            } else {
-                json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"status": "starting"}),
-                )
-            }),
+            (&Method::GET, ["readyz"]) => {
+                let checks = self.readiness.checks();
+                let failing: Vec<&str> = checks
+                    .iter()
+                    .filter(|(_, passed)| !passed)
+                    .map(|(name, _)| *name)
+                    .collect();
+                let checks: serde_json::Map<String, Value> = checks
+                    .iter()
+                    .map(|(name, passed)| ((*name).to_owned(), json!(passed)))
+                    .collect();
+                Ok(if failing.is_empty() {
+                    json_response(
+                        StatusCode::OK,
+                        json!({"status": "ready", "checks": checks, "failing": failing}),
+                    )
+                } else {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"status": "starting", "checks": checks, "failing": failing}),
+                    )
+                })
+            }
+            (&Method::GET, ["metrics"]) => self.metrics().await,
             (&Method::GET, ["v1", "stats"]) => {
                 let mut stats = self.stats.to_json();
                 stats["closed_sessions"] = json!(self.gate.closed().closed_count());

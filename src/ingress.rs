@@ -18,6 +18,7 @@ use tower_service::Service;
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::forward::{ForwardError, ForwardErrorKind};
+use crate::metrics::TrafficStats;
 use crate::route::{RouteTable, Unresolved};
 use crate::rules::is_event_stream;
 use crate::shutdown::{EndOnShutdown, ShutdownSignal};
@@ -31,6 +32,7 @@ pub struct Ingress<S> {
     routes: Arc<RouteTable>,
     own_authorities: Arc<[String]>,
     shutdown: ShutdownSignal,
+    traffic: Arc<TrafficStats>,
 }
 
 impl<S> Ingress<S> {
@@ -41,12 +43,14 @@ impl<S> Ingress<S> {
         routes: Arc<RouteTable>,
         own_authorities: Vec<String>,
         shutdown: ShutdownSignal,
+        traffic: Arc<TrafficStats>,
     ) -> Self {
         Self {
             inner,
             routes,
             own_authorities: own_authorities.into(),
             shutdown,
+            traffic,
         }
     }
 }
@@ -72,7 +76,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if let Some(refusal) = self.refusal(&request) {
-            return Box::pin(async move { Ok(refusal.into_response()) });
+            let response = refusal.into_response();
+            self.traffic.count_request("-", response.status());
+            return Box::pin(async move { Ok(response) });
         }
         let path_and_query = request
             .uri()
@@ -92,9 +98,12 @@ where
                         SyntheticResponse::bad_request("The path is not a valid upstream path.")
                     }
                 };
-                return Box::pin(async move { Ok(refusal.into_response()) });
+                let response = refusal.into_response();
+                self.traffic.count_request("-", response.status());
+                return Box::pin(async move { Ok(response) });
             }
         };
+        let route = target.route.name.clone();
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(target);
         let request = Request::from_parts(parts, body::boxed(body));
@@ -103,12 +112,14 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shutdown = self.shutdown.clone();
+        let traffic = self.traffic.clone();
         let forwarded = inner.oneshot(request);
         Box::pin(forwarded.map(move |result| {
             let response = match result {
                 Ok(response) => response,
                 Err(error) => rescue(&error).into_response(),
             };
+            traffic.count_request(&route, response.status());
             Ok(end_streams_on_shutdown(response, &shutdown))
         }))
     }

@@ -32,6 +32,7 @@ pub mod control_auth;
 pub mod forward;
 pub mod halt;
 pub mod ingress;
+pub mod metrics;
 pub mod route;
 pub mod rules;
 pub mod server;

@@ -206,16 +206,16 @@ impl Pending {
 async fn answer(refusal: Refusal, shared: Arc<Shared>) -> Result<Response<ProxyBody>, BoxError> {
     let response = match refusal {
         Refusal::Halt(halt) => {
-            HaltStats::bump(&shared.stats.short_circuited);
+            shared.stats.short_circuited.inc();
             halt.into_response()
         }
         Refusal::HaltAfter(halt) => {
-            HaltStats::bump(&shared.stats.short_circuited);
+            shared.stats.short_circuited.inc();
             halt.await.into_response()
         }
         Refusal::Error(error) => {
             if error.kind == "not_ready" {
-                HaltStats::bump(&shared.stats.not_ready);
+                shared.stats.not_ready.inc();
             }
             error.into_response()
         }
@@ -294,9 +294,10 @@ async fn inspect(
         Buffered::read(&mut body, limit).await
     };
     let complete = buffered.complete();
-    if complete.is_none() {
-        HaltStats::bump(&shared.stats.uninspected);
-    }
+    match complete {
+        Some(_) => shared.stats.inspected.inc(),
+        None => shared.stats.uninspected.inc(),
+    };
     let response_body = match &complete {
         Some(bytes) => ResponseBody::Complete(bytes),
         None => ResponseBody::Uninspected,
@@ -326,7 +327,10 @@ async fn inspect(
     )
     .await
     {
-        Outcome::Halt(halt) => halt.into_response(),
+        Outcome::Halt(halt) => {
+            shared.stats.count_halt(&halt.class);
+            halt.into_response()
+        }
         Outcome::Forward { action } => {
             if let Some(action) = action {
                 parts
@@ -377,7 +381,7 @@ async fn decide(
                     Err(unavailable) => {
                         // Unknown is not absent: a rule that compares with the scope cannot
                         // decide, so nothing is closed on a guess.
-                        HaltStats::bump(&shared.stats.undecided);
+                        shared.stats.undecided.inc();
                         tracing::warn!(
                             provider = %request.provider,
                             session = %session.id,
@@ -397,18 +401,27 @@ async fn decide(
             }
         }
     };
-    note_shadow(&decision, request, parts.status.as_u16(), &shared.stats);
+    note_shadow(
+        rules,
+        &decision,
+        request,
+        parts.status.as_u16(),
+        &shared.stats,
+    );
     (decision.class != Class::Pass).then_some(decision)
 }
 
 pub(crate) fn note_shadow(
+    rules: &RuleSet,
     decision: &Decision,
     request: &RequestSnapshot,
     status: u16,
     stats: &HaltStats,
 ) {
     for rule in &decision.shadow {
-        HaltStats::bump(&stats.shadow_matched);
+        stats.shadow_matched.inc();
+        let class = rules.class_of(&request.provider, rule);
+        stats.count_match(rule, class.map_or("-", Class::as_str), "shadow");
         tracing::info!(
             provider = %request.provider,
             rule = %rule,
@@ -430,7 +443,12 @@ pub(crate) fn act(
     detail: String,
     shared: &Shared,
 ) -> impl Future<Output = Outcome> + Send + 'static {
-    HaltStats::bump(&shared.stats.matched);
+    shared.stats.matched.inc();
+    shared.stats.count_match(
+        decision.rule.as_deref().unwrap_or("-"),
+        decision.class.as_str(),
+        "enforce",
+    );
     let query = request
         .path_and_query
         .split_once('?')

@@ -1,0 +1,246 @@
+//! Operating haltgate: metrics, readiness checks, wakeup leases, observe, the event feed and
+//! the operator CLI, against real sockets, redb files and `redis-server` processes.
+
+mod support;
+
+use std::collections::HashMap;
+
+use haltgate::body;
+use http::Request;
+use serde_json::{json, Value};
+use support::*;
+
+/// A shadow rule next to the shipped Slack rules: it watches successful posts.
+const SHADOW_RULE: &str = r#"
+[[rule]]
+id = "slack.watch_ok"
+class = "lost_access"
+mode = "shadow"
+description = "Watches successful posts (test only)."
+[rule.when]
+json = [{ path = "ok", equals = true }]
+"#;
+
+/// The shipped rules plus [`SHADOW_RULE`], in a directory of their own.
+fn rules_with_shadow() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
+    for entry in std::fs::read_dir(shipped).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            if path.file_stem().unwrap() == "slack" {
+                text.push_str(SHADOW_RULE);
+            }
+            std::fs::write(dir.path().join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    dir
+}
+
+fn post_message(proxy: &TestProxy, session: &str, mode: &str) -> Request<body::ProxyBody> {
+    Request::post(format!(
+        "http://{}/slack/api/chat.postMessage?mode={mode}",
+        proxy.agent_addr()
+    ))
+    .header("content-type", "application/json; charset=utf-8")
+    .header("authorization", "Bearer xoxb-REDACTED")
+    .header("x-haltgate-session", session)
+    .body(body::full(
+        json!({"channel": CHANNEL, "text": "hello"}).to_string(),
+    ))
+    .unwrap()
+}
+
+async fn open_session(proxy: &TestProxy, id: &str) {
+    let (status, record) = control(
+        proxy,
+        "PUT",
+        &format!("/v1/sessions/{id}"),
+        Some(json!({"scope": {"slack_channel": CHANNEL}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{record}");
+}
+
+/// `/metrics` parsed with a Prometheus text parser.
+struct Scrape(prometheus_parse::Scrape);
+
+impl Scrape {
+    async fn read(proxy: &TestProxy) -> Scrape {
+        let response = client()
+            .request(get(&format!("http://{}/metrics", proxy.control_addr())))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(content_type.contains("openmetrics-text"), "{content_type}");
+        let text = String::from_utf8(read_body(response).await.to_vec()).unwrap();
+        let lines = text.lines().map(|line| Ok(line.to_owned()));
+        Scrape(prometheus_parse::Scrape::parse(lines).expect("valid exposition"))
+    }
+
+    /// The value of the counter or gauge `name` whose labels include `labels`; 0 when absent.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found: Vec<f64> = self
+            .0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                other => panic!("{name} is not a plain value: {other:?}"),
+            })
+            .collect();
+        assert!(found.len() <= 1, "{name} {labels:?} names several series");
+        found.first().copied().unwrap_or(0.0)
+    }
+
+    /// Observations of the histogram `name` with `labels`.
+    fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(buckets) => {
+                    buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                other => panic!("{name} is not a histogram: {other:?}"),
+            })
+            .sum()
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_matches_halts_and_closures_as_they_happen() {
+    let upstream = start_upstream(slack_upstream()).await;
+    let rules = rules_with_shadow();
+    let mut flags = proxy_flags(&[("slack", upstream.http_url())]);
+    flags.rules = Some(rules.path().to_owned());
+    let proxy = start_proxy(flags).await;
+    open_session(&proxy, "m1").await;
+
+    let before = Scrape::read(&proxy).await;
+    assert_eq!(before.value("haltgate_requests_total", &[]), 0.0);
+    assert_eq!(before.value("haltgate_closures_total", &[]), 0.0);
+    let shipped = haltgate::rules::RuleSet::load_dir(rules.path()).unwrap();
+    assert_eq!(
+        before.value("haltgate_rules_loaded", &[]),
+        shipped.rule_count() as f64
+    );
+
+    // A successful post (the shadow rule sees it), a kick (closes and halts), a call of the
+    // closed session (halted before the upstream) and a request for no route.
+    let (status, _, _) = send(post_message(&proxy, "m1", "ok")).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = send(post_message(&proxy, "m1", "kick")).await;
+    assert_eq!(status, 410);
+    let (status, _, _) = send(post_message(&proxy, "m1", "ok")).await;
+    assert_eq!(status, 410);
+    let (status, _, _) = send(get(&format!("http://{}/nowhere/x", proxy.agent_addr()))).await;
+    assert_eq!(status, 404);
+    assert_eq!(upstream.hits(), 2);
+
+    let after = Scrape::read(&proxy).await;
+    let requests = |route, class| {
+        after.value(
+            "haltgate_requests_total",
+            &[("route", route), ("status_class", class)],
+        )
+    };
+    assert_eq!(requests("slack", "2xx"), 1.0);
+    assert_eq!(requests("slack", "4xx"), 2.0);
+    assert_eq!(requests("-", "4xx"), 1.0);
+    assert_eq!(
+        after.histogram_count("haltgate_upstream_latency_seconds", &[("route", "slack")]),
+        2.0
+    );
+    assert_eq!(
+        after.value(
+            "haltgate_rule_matches_total",
+            &[
+                ("rule", "slack.watch_ok"),
+                ("class", "lost_access"),
+                ("mode", "shadow")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        after.value(
+            "haltgate_rule_matches_total",
+            &[
+                ("rule", "slack.not_in_channel"),
+                ("class", "lost_access"),
+                ("mode", "enforce")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        after.value("haltgate_halts_total", &[("class", "lost_access")]),
+        1.0
+    );
+    assert_eq!(after.value("haltgate_short_circuits_total", &[]), 1.0);
+    assert_eq!(after.value("haltgate_bodies_inspected_total", &[]), 2.0);
+    assert_eq!(after.value("haltgate_bodies_uninspected_total", &[]), 0.0);
+    assert_eq!(
+        after.value("haltgate_closures_total", &[("class", "lost_access")]),
+        1.0
+    );
+    assert_eq!(after.value("haltgate_closed_sessions", &[]), 1.0);
+    assert_eq!(after.value("haltgate_store_errors_total", &[]), 0.0);
+    assert_eq!(after.value("haltgate_outbox_depth", &[]), 0.0);
+
+    // A manual close counts as a closure of its class.
+    let (status, _) = control(
+        &proxy,
+        "POST",
+        "/v1/sessions/m2/close",
+        Some(json!({"reason": "operator"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let last = Scrape::read(&proxy).await;
+    assert_eq!(
+        last.value("haltgate_closures_total", &[("class", "manual")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn readyz_names_every_check() {
+    let upstream = start_upstream(slack_upstream()).await;
+    let proxy = start_proxy(proxy_flags(&[("slack", upstream.http_url())])).await;
+    let (status, body) = control(&proxy, "GET", "/readyz", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    let checks: HashMap<String, Value> = serde_json::from_value(body["checks"].clone()).unwrap();
+    for check in ["serving", "closed_set_loaded", "credential_key_loaded"] {
+        assert_eq!(checks[check], true, "{check}");
+    }
+    assert_eq!(body["failing"], json!([]));
+}
+
+#[tokio::test]
+async fn readyz_names_the_failing_checks_while_the_store_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = proxy_flags(&[]);
+    flags.store = Some(format!("redis://{}", closed_port().await));
+    flags.outbox = Some(dir.path().join("outbox.redb"));
+    flags.local_copy = Some(dir.path().join("local.redb"));
+    let config = haltgate::config::Config::resolve(Default::default(), flags, "test").unwrap();
+    let app = haltgate::app::App::start(config).await.unwrap();
+    let (status, body) = control(&app, "GET", "/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["serving"], true);
+    assert_eq!(
+        body["failing"],
+        json!(["closed_set_loaded", "credential_key_loaded"])
+    );
+}
