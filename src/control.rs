@@ -11,7 +11,8 @@
 //! | `POST /v1/sessions/{id}/close` | manual close, same atomic path as a rule match |
 //! | `POST /v1/sessions/{id}/wakeups` | schedule a wakeup; 409 if the session is closed |
 //! | `GET /v1/sessions/{id}/wakeups` | pending wakeups |
-//! | `POST /v1/wakeups/claim` | hand out due wakeups, each once, never of a closed session |
+//! | `POST /v1/wakeups/claim` | lease due wakeups (at-least-once), never of a closed session |
+//! | `POST /v1/wakeups/{id}/ack` | remove a leased wakeup once its work is done |
 //! | `GET /v1/credentials` | blocked credentials |
 //! | `DELETE /v1/credentials/{fingerprint}` | unblock |
 //!
@@ -208,7 +209,17 @@ struct WakeupBody {
 #[serde(deny_unknown_fields)]
 struct ClaimBody {
     limit: usize,
+    lease_ms: Option<u64>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    session: String,
+}
+
+/// How long a claimed wakeup stays with its claimer before it is due again.
+const DEFAULT_LEASE_MS: u64 = 30_000;
 
 impl Control {
     async fn metrics(&self) -> Result<Response<ProxyBody>, Problem> {
@@ -377,16 +388,35 @@ where
             if body.limit == 0 || body.limit > 10_000 {
                 return Err(Problem::bad_request("limit must be between 1 and 10000"));
             }
+            let lease_ms = body.lease_ms.unwrap_or(DEFAULT_LEASE_MS);
             let claimed: Vec<Value> = store
-                .claim_due(crate::session::unix_ms_now(), body.limit)
+                .lease_due(crate::session::unix_ms_now(), body.limit, lease_ms)
                 .await?
                 .into_iter()
                 .map(|c| {
                     let w = c.wakeup;
-                    json!({"id": w.id, "session": w.session.as_str(), "epoch": w.epoch, "due_ms": w.due_ms, "payload": w.payload})
+                    json!({"id": w.id, "session": w.session.as_str(), "epoch": w.epoch,
+                           "due_ms": w.due_ms, "payload": w.payload,
+                           "leased_until_ms": c.leased_until_ms})
                 })
                 .collect();
             Ok(json_response(StatusCode::OK, json!({ "wakeups": claimed })))
+        }
+        (&Method::POST, ["wakeups", wakeup_id, "ack"]) => {
+            let body: AckBody = read_json(body, false).await?;
+            let id = session_id(&body.session)?;
+            let wakeup_id = percent_decode(wakeup_id)?;
+            if store.ack_wakeup(&id, &wakeup_id).await? {
+                Ok(json_response(
+                    StatusCode::OK,
+                    json!({"id": wakeup_id, "session": id.as_str(), "acked": true}),
+                ))
+            } else {
+                Err(Problem::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no wakeup {wakeup_id} of session {id}: acknowledged already, or cancelled by a close"),
+                ))
+            }
         }
         (&Method::GET, ["credentials"]) => {
             let blocks: Vec<Value> = store

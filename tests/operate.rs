@@ -244,3 +244,145 @@ async fn readyz_names_the_failing_checks_while_the_store_is_unreachable() {
         json!(["closed_set_loaded", "credential_key_loaded"])
     );
 }
+
+// === Wakeup leases ===
+
+async fn add_wakeup(proxy: &TestProxy, session: &str, payload: Value) -> String {
+    let due = haltgate::session::unix_ms_now() - 1_000;
+    let (status, body) = control(
+        proxy,
+        "POST",
+        &format!("/v1/sessions/{session}/wakeups"),
+        Some(json!({"due_ms": due, "payload": payload})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn claim(proxy: &TestProxy, lease_ms: u64) -> Vec<Value> {
+    let (status, body) = control(
+        proxy,
+        "POST",
+        "/v1/wakeups/claim",
+        Some(json!({"limit": 10, "lease_ms": lease_ms})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["wakeups"].as_array().unwrap().clone()
+}
+
+async fn ack(proxy: &TestProxy, session: &str, wakeup: &str) -> u16 {
+    let (status, _) = control(
+        proxy,
+        "POST",
+        &format!("/v1/wakeups/{wakeup}/ack"),
+        Some(json!({ "session": session })),
+    )
+    .await;
+    status
+}
+
+/// A leased wakeup comes back after its lease unless acknowledged, and never once its
+/// session is closed.
+async fn leases_deliver_at_least_once_and_never_after_a_close(proxy: &TestProxy) {
+    open_session(proxy, "lease-a").await;
+    open_session(proxy, "lease-b").await;
+    let acked = add_wakeup(proxy, "lease-a", json!({"n": 1})).await;
+    let unacked = add_wakeup(proxy, "lease-a", json!({"n": 2})).await;
+    let of_closed = add_wakeup(proxy, "lease-b", json!({"n": 3})).await;
+
+    let lease_ms = 300;
+    let leased = claim(proxy, lease_ms).await;
+    let mut ids: Vec<&str> = leased.iter().map(|w| w["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let mut expected = vec![acked.as_str(), unacked.as_str(), of_closed.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    let lease_end = leased
+        .iter()
+        .map(|w| w["leased_until_ms"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    // Leased wakeups are not handed out again while the lease runs.
+    assert!(claim(proxy, lease_ms).await.is_empty());
+
+    assert_eq!(ack(proxy, "lease-a", &acked).await, 200);
+    assert_eq!(ack(proxy, "lease-a", &acked).await, 404);
+    let (status, closed) = control(
+        proxy,
+        "POST",
+        "/v1/sessions/lease-b/close",
+        Some(json!({"reason": "done"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        closed["cancelled_wakeups"], 1,
+        "a leased wakeup is cancelled too"
+    );
+
+    within(std::time::Duration::from_secs(10), async {
+        while haltgate::session::unix_ms_now() <= lease_end {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let again = claim(proxy, 60_000).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["id"], unacked.as_str());
+    assert_eq!(again[0]["session"], "lease-a");
+    assert_eq!(again[0]["payload"], json!({"n": 2}));
+    assert_eq!(ack(proxy, "lease-b", &of_closed).await, 404);
+    assert_eq!(ack(proxy, "lease-a", &unacked).await, 200);
+    let (_, pending) = control(proxy, "GET", "/v1/sessions/lease-a/wakeups", None).await;
+    assert_eq!(pending["wakeups"], json!([]));
+    assert!(claim(proxy, 60_000).await.is_empty());
+}
+
+#[tokio::test]
+async fn wakeup_leases_with_redb() {
+    let proxy = start_proxy(proxy_flags(&[])).await;
+    leases_deliver_at_least_once_and_never_after_a_close(&proxy).await;
+}
+
+#[tokio::test]
+async fn wakeup_leases_with_redis() {
+    let redis = support::redis_server::RedisServer::start();
+    let mut flags = proxy_flags(&[]);
+    flags.store = Some(redis.url());
+    let proxy = start_proxy(flags).await;
+    leases_deliver_at_least_once_and_never_after_a_close(&proxy).await;
+}
+
+/// On a cluster every lease script must touch one slot; the store is used directly because
+/// the proxy's configuration takes standalone Redis URLs.
+#[tokio::test]
+async fn wakeup_leases_with_redis_cluster() {
+    use haltgate::session::{open_store, AddWakeup, CloseClass, Closure, SessionId};
+    let cluster = support::redis_server::RedisCluster::start(3);
+    let store = open_store(&cluster.store_url()).await.unwrap();
+    let (a, b) = (
+        SessionId::parse("lease-a").unwrap(),
+        SessionId::parse("lease-b").unwrap(),
+    );
+    let mut ids = Vec::new();
+    for session in [&a, &a, &b] {
+        let AddWakeup::Added(wakeup) = store.add_wakeup(session, 1_000, json!({})).await.unwrap()
+        else {
+            panic!("session is open");
+        };
+        ids.push(wakeup.id);
+    }
+    let leased = store.lease_due(2_000, 10, 500).await.unwrap();
+    assert_eq!(leased.len(), 3);
+    assert!(leased.iter().all(|c| c.leased_until_ms == Some(2_500)));
+    assert!(store.lease_due(2_400, 10, 500).await.unwrap().is_empty());
+    assert!(store.ack_wakeup(&a, &ids[0]).await.unwrap());
+    let closure = Closure::new(CloseClass::Manual, "manual", "done");
+    store.close(&b, closure).await.unwrap();
+    let again = store.lease_due(2_500, 10, 500).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].wakeup.id, ids[1]);
+    assert!(!store.ack_wakeup(&b, &ids[2]).await.unwrap());
+}
