@@ -233,7 +233,8 @@ impl App {
                 stats.clone(),
                 config.control.clone(),
             )
-            .with_metrics(metrics, rules.clone()),
+            .with_metrics(metrics)
+            .with_rules(rules.clone(), config.routes.host_providers()),
             signal,
             config.shutdown_grace,
             config.control_limits.clone(),

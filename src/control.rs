@@ -9,6 +9,7 @@
 //! | `PUT /v1/sessions/{id}` | create open, or reopen a closed one at epoch + 1 |
 //! | `GET /v1/sessions/{id}` | the record; 404 if unknown |
 //! | `POST /v1/sessions/{id}/close` | manual close, same atomic path as a rule match |
+//! | `POST /v1/sessions/{id}/observe` | decide an exchange seen elsewhere and act on it (see [`crate::observe`]) |
 //! | `POST /v1/sessions/{id}/wakeups` | schedule a wakeup; 409 if the session is closed |
 //! | `GET /v1/sessions/{id}/wakeups` | pending wakeups |
 //! | `POST /v1/wakeups/claim` | lease due wakeups (at-least-once), never of a closed session |
@@ -38,6 +39,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::control_auth::ControlAuth;
 use crate::halt::HaltStats;
 use crate::metrics::{Metrics, ScrapeGauges, METRICS_CONTENT_TYPE};
+use crate::observe::{observe, ObserveBody, ObserveError};
 use crate::rules::RuleSet;
 use crate::session::{
     AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure, CredentialBlock, Fingerprint,
@@ -89,7 +91,15 @@ pub struct Control {
     gate: Arc<SessionGate>,
     stats: Arc<HaltStats>,
     auth: Arc<ControlAuth>,
-    metrics: Option<(Arc<Metrics>, Arc<ArcSwap<RuleSet>>)>,
+    metrics: Option<Arc<Metrics>>,
+    rules: Option<RulesInForce>,
+}
+
+/// The rules `observe` decides with, and the hosts that name a provider.
+#[derive(Clone)]
+struct RulesInForce {
+    rules: Arc<ArcSwap<RuleSet>>,
+    hosts: Arc<[(String, String)]>,
 }
 
 impl Control {
@@ -105,12 +115,27 @@ impl Control {
             stats,
             auth: Arc::new(auth),
             metrics: None,
+            rules: None,
         }
     }
 
-    /// Serves `/metrics` from `metrics`; `rules` gives the rule count.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>, rules: Arc<ArcSwap<RuleSet>>) -> Self {
-        self.metrics = Some((metrics, rules));
+    /// Serves `/metrics` from `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Decides `observe` requests with `rules`; `hosts` (host, provider) name the provider of
+    /// an exchange that does not.
+    pub fn with_rules(
+        mut self,
+        rules: Arc<ArcSwap<RuleSet>>,
+        hosts: Vec<(String, String)>,
+    ) -> Self {
+        self.rules = Some(RulesInForce {
+            rules,
+            hosts: hosts.into(),
+        });
         self
     }
 }
@@ -223,7 +248,7 @@ const DEFAULT_LEASE_MS: u64 = 30_000;
 
 impl Control {
     async fn metrics(&self) -> Result<Response<ProxyBody>, Problem> {
-        let Some((metrics, rules)) = &self.metrics else {
+        let Some(metrics) = &self.metrics else {
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 "this control listener serves no metrics",
@@ -236,7 +261,10 @@ impl Control {
         let closed = self.gate.closed();
         let text = metrics.encode(ScrapeGauges {
             outbox_depth: outbox_depth as i64,
-            rules_loaded: rules.load().rule_count() as i64,
+            rules_loaded: self
+                .rules
+                .as_ref()
+                .map_or(0, |r| r.rules.load().rule_count() as i64),
             closed_sessions: closed.closed_count() as i64,
             blocked_credentials: closed.blocked_count() as i64,
         });
@@ -244,6 +272,27 @@ impl Control {
             .header(http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)
             .body(crate::body::full(text))
             .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+
+    async fn observe<B>(&self, id: &str, body: B) -> Result<Response<ProxyBody>, Problem>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Some(rules) = &self.rules else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "this control listener has no rules to observe with",
+            ));
+        };
+        let id = session_id(id)?;
+        let body: ObserveBody = read_json(body, false).await?;
+        let rule_set = rules.rules.load_full();
+        match observe(&rule_set, &rules.hosts, &self.gate, &self.stats, id, body).await {
+            Ok(observed) => Ok(json_response(StatusCode::OK, json!(observed))),
+            Err(ObserveError::Input(message)) => Err(Problem::bad_request(message)),
+            Err(ObserveError::Store(error)) => Err(error.into()),
+        }
     }
 
     async fn route<B>(&self, request: Request<B>) -> Result<Response<ProxyBody>, Problem>
@@ -290,6 +339,9 @@ impl Control {
                     stats["outbox_pending"] = json!(outbox.len().await.ok());
                 }
                 Ok(json_response(StatusCode::OK, stats))
+            }
+            (&Method::POST, ["v1", "sessions", id, "observe"]) => {
+                self.observe(id, request.into_body()).await
             }
             (_, ["v1", ..]) => {
                 sessions_api(&self.gate, &method, &segments[1..], request.into_body()).await

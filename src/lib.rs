@@ -33,6 +33,7 @@ pub mod forward;
 pub mod halt;
 pub mod ingress;
 pub mod metrics;
+pub mod observe;
 pub mod route;
 pub mod rules;
 pub mod server;

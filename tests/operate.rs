@@ -386,3 +386,96 @@ async fn wakeup_leases_with_redis_cluster() {
     assert_eq!(again[0].wakeup.id, ids[1]);
     assert!(!store.ack_wakeup(&b, &ids[2]).await.unwrap());
 }
+
+// === Observe ===
+
+/// One `haltgate classify` line: an Anthropic call and its answer.
+fn anthropic_line(status: u16, body: Value) -> Value {
+    json!({
+        "id": "recorded-1",
+        "provider": "anthropic",
+        "request": {
+            "method": "POST",
+            "url": "https://api.anthropic.com/v1/messages",
+            "headers": {"x-api-key": "sk-ant-REDACTED-observe", "content-type": "application/json"},
+            "body": "{\"model\":\"claude\"}"
+        },
+        "response": {
+            "status": status,
+            "headers": {"content-type": "application/json"},
+            "body": body.to_string()
+        }
+    })
+}
+
+#[tokio::test]
+async fn observe_resets_a_stale_resume_and_keeps_the_session_open() {
+    let proxy = start_proxy(proxy_flags(&[])).await;
+    let (status, _) = control(
+        &proxy,
+        "PUT",
+        "/v1/sessions/o1",
+        Some(json!({"resume": "claude-session-1"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    add_wakeup(&proxy, "o1", json!({})).await;
+    let stale = anthropic_line(
+        200,
+        json!({"type": "result", "subtype": "error_during_execution", "is_error": true,
+               "errors": ["No conversation found with session ID: claude-session-1"]}),
+    );
+    let (status, observed) = control(&proxy, "POST", "/v1/sessions/o1/observe", Some(stale)).await;
+    assert_eq!(status, 200, "{observed}");
+    assert_eq!(
+        observed,
+        json!({"class": "stale_session", "rule": "anthropic.resume_session_not_found", "action": "reset_resume"})
+    );
+    let (_, record) = control(&proxy, "GET", "/v1/sessions/o1", None).await;
+    assert_eq!(record["status"], "open");
+    assert_eq!(record["resume"], Value::Null);
+    let (_, wakeups) = control(&proxy, "GET", "/v1/sessions/o1/wakeups", None).await;
+    assert_eq!(wakeups["wakeups"].as_array().unwrap().len(), 1);
+
+    // An answer no rule decides changes nothing.
+    let fine = anthropic_line(200, json!({"type": "message", "content": []}));
+    let (status, observed) = control(&proxy, "POST", "/v1/sessions/o1/observe", Some(fine)).await;
+    assert_eq!(status, 200);
+    assert_eq!(observed["action"], "none");
+    let (status, _) = control(
+        &proxy,
+        "POST",
+        "/v1/sessions/o1/observe",
+        Some(json!({"provider": "anthropic"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn observe_of_a_backend_401_closes_the_session_cancels_wakeups_and_blocks_the_key() {
+    let proxy = start_proxy(proxy_flags(&[])).await;
+    open_session(&proxy, "o2").await;
+    add_wakeup(&proxy, "o2", json!({"n": 1})).await;
+    add_wakeup(&proxy, "o2", json!({"n": 2})).await;
+    let rejected = anthropic_line(
+        401,
+        json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}),
+    );
+    let (status, observed) =
+        control(&proxy, "POST", "/v1/sessions/o2/observe", Some(rejected)).await;
+    assert_eq!(status, 200, "{observed}");
+    assert_eq!(
+        observed,
+        json!({"class": "credential_invalid", "rule": "anthropic.authentication_error", "action": "block_credential"})
+    );
+    let (_, record) = control(&proxy, "GET", "/v1/sessions/o2", None).await;
+    assert_eq!(record["status"], "closed");
+    assert_eq!(record["rule"], "anthropic.authentication_error");
+    let (_, wakeups) = control(&proxy, "GET", "/v1/sessions/o2/wakeups", None).await;
+    assert_eq!(wakeups["wakeups"], json!([]));
+    assert!(claim(&proxy, 60_000).await.is_empty());
+    let (_, blocked) = control(&proxy, "GET", "/v1/credentials", None).await;
+    assert_eq!(blocked["credentials"].as_array().unwrap().len(), 1);
+    assert!(!blocked.to_string().contains("sk-ant-REDACTED-observe"));
+}
