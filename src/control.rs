@@ -14,6 +14,7 @@
 //! | `GET /v1/sessions/{id}/wakeups` | pending wakeups |
 //! | `POST /v1/wakeups/claim` | lease due wakeups (at-least-once), never of a closed session |
 //! | `POST /v1/wakeups/{id}/ack` | remove a leased wakeup once its work is done |
+//! | `GET /v1/events?after=CURSOR&limit=N` | one page of the durable event log |
 //! | `GET /v1/credentials` | blocked credentials |
 //! | `DELETE /v1/credentials/{fingerprint}` | unblock |
 //!
@@ -42,8 +43,8 @@ use crate::metrics::{Metrics, ScrapeGauges, METRICS_CONTENT_TYPE};
 use crate::observe::{observe, ObserveBody, ObserveError};
 use crate::rules::RuleSet;
 use crate::session::{
-    AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure, CredentialBlock, Fingerprint,
-    OpenSpec, SessionId, SessionRecord, StoreError,
+    AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure, CredentialBlock, EventCursor,
+    Fingerprint, OpenSpec, SessionId, SessionRecord, StoreError,
 };
 use crate::session_gate::SessionGate;
 use crate::synthetic::json_response;
@@ -343,6 +344,10 @@ impl Control {
             (&Method::POST, ["v1", "sessions", id, "observe"]) => {
                 self.observe(id, request.into_body()).await
             }
+            (&Method::GET, ["v1", "events"]) => {
+                let query = request.uri().query().unwrap_or("");
+                events_page(self.gate.store().as_ref(), query).await
+            }
             (_, ["v1", ..]) => {
                 sessions_api(&self.gate, &method, &segments[1..], request.into_body()).await
             }
@@ -507,6 +512,56 @@ where
             format!("no control endpoint {method} /v1/{}", path.join("/")),
         )),
     }
+}
+
+/// Version of the event format the control API and the stores write; see the README's
+/// "Events for the platform". Fields may be added within a version, never renamed or retyped.
+pub const EVENT_FORMAT_VERSION: u64 = 1;
+
+const DEFAULT_EVENTS_LIMIT: usize = 100;
+const MAX_EVENTS_LIMIT: usize = 1000;
+
+/// `GET /v1/events?after=CURSOR&limit=N`: one page of the durable event log.
+async fn events_page(
+    store: &dyn crate::session::SessionStore,
+    query: &str,
+) -> Result<Response<ProxyBody>, Problem> {
+    let mut after = None;
+    let mut limit = DEFAULT_EVENTS_LIMIT;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)?;
+        match name {
+            "after" if !value.is_empty() => after = Some(EventCursor::from_token(value)),
+            "after" => {}
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_EVENTS_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        Problem::bad_request(format!(
+                            "limit must be between 1 and {MAX_EVENTS_LIMIT}"
+                        ))
+                    })?
+            }
+            other => return Err(Problem::bad_request(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let page = store.events_after(after.as_ref(), limit).await?;
+    let events: Vec<Value> = page
+        .events
+        .iter()
+        .map(|event| {
+            let mut value = json!(event);
+            value["v"] = json!(EVENT_FORMAT_VERSION);
+            value
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"events": events, "cursor": page.cursor.as_str(), "gap": page.gap}),
+    ))
 }
 
 fn session_id(raw: &str) -> Result<SessionId, Problem> {

@@ -479,3 +479,211 @@ async fn observe_of_a_backend_401_closes_the_session_cancels_wakeups_and_blocks_
     assert_eq!(blocked["credentials"].as_array().unwrap().len(), 1);
     assert!(!blocked.to_string().contains("sk-ant-REDACTED-observe"));
 }
+
+// === Events ===
+
+async fn close(proxy: &TestProxy, session: &str) {
+    let (status, body) = control(
+        proxy,
+        "POST",
+        &format!("/v1/sessions/{session}/close"),
+        Some(json!({"reason": "access lost"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Reads `/v1/events` a page of `limit` at a time until the end of the log.
+async fn all_events(proxy: &TestProxy, limit: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = format!("/v1/events?after={after}&limit={limit}");
+        let (status, page) = control(proxy, "GET", &path, None).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["gap"], false);
+        let batch = page["events"].as_array().unwrap().clone();
+        after = page["cursor"].as_str().unwrap().to_owned();
+        let done = batch.len() < limit;
+        events.extend(batch);
+        if done {
+            return events;
+        }
+    }
+}
+
+async fn events_list_every_closure_once(proxy: &TestProxy) {
+    for session in ["e1", "e2", "e3"] {
+        open_session(proxy, session).await;
+        close(proxy, session).await;
+    }
+    let events = all_events(proxy, 2).await;
+    let closed: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "closed")
+        .map(|e| e["session"].as_str().unwrap())
+        .collect();
+    let mut sorted = closed.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["e1", "e2", "e3"], "{events:?}");
+    let first = events.iter().find(|e| e["kind"] == "closed").unwrap();
+    assert_eq!(first["v"], 1);
+    assert_eq!(first["class"], "manual");
+    assert_eq!(first["reason"], "access lost");
+    assert!(first["id"].is_string() && first["at_ms"].is_u64());
+    let (status, _) = control(proxy, "GET", "/v1/events?limit=0", None).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn events_page_through_the_log_with_redb() {
+    let proxy = start_proxy(proxy_flags(&[])).await;
+    events_list_every_closure_once(&proxy).await;
+}
+
+#[tokio::test]
+async fn events_page_through_the_log_with_redis() {
+    let redis = support::redis_server::RedisServer::start();
+    let mut flags = proxy_flags(&[]);
+    flags.store = Some(redis.url());
+    let proxy = start_proxy(flags).await;
+    events_list_every_closure_once(&proxy).await;
+}
+
+/// The event streams as the README tells the platform to consume them: one consumer group
+/// over the 16 partition streams, XREADGROUP then XACK once an event is handled.
+mod consumer {
+    use redis::streams::{StreamReadOptions, StreamReadReply};
+    use redis::AsyncCommands;
+
+    pub const GROUP: &str = "platform";
+
+    pub fn streams() -> Vec<String> {
+        (0..16).map(|p| format!("hg:{{{p}}}:events")).collect()
+    }
+
+    pub async fn create_group(connection: &mut redis::aio::MultiplexedConnection) {
+        for stream in streams() {
+            let _: () = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(connection)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Entries for `consumer`: `"0"` re-reads its delivered but unacknowledged ones, `">"`
+    /// reads new ones. Each entry as (stream, id, kind, session).
+    pub async fn read(
+        connection: &mut redis::aio::MultiplexedConnection,
+        consumer: &str,
+        from: &str,
+        count: usize,
+    ) -> Vec<(String, String, String, String)> {
+        let streams = streams();
+        let ids = vec![from; streams.len()];
+        let options = StreamReadOptions::default()
+            .group(GROUP, consumer)
+            .count(count);
+        let reply: StreamReadReply = connection
+            .xread_options(&streams, &ids, &options)
+            .await
+            .unwrap();
+        let mut entries = Vec::new();
+        for key in reply.keys {
+            for entry in key.ids {
+                let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+                entries.push((
+                    key.key.clone(),
+                    entry.id.clone(),
+                    field("kind"),
+                    field("session"),
+                ));
+            }
+        }
+        entries
+    }
+
+    pub async fn ack(connection: &mut redis::aio::MultiplexedConnection, stream: &str, id: &str) {
+        let acked: i64 = connection.xack(stream, GROUP, &[id]).await.unwrap();
+        assert_eq!(acked, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_group_handles_every_closure_exactly_once_across_a_consumer_restart() {
+    let redis = support::redis_server::RedisServer::start();
+    let mut flags = proxy_flags(&[]);
+    flags.store = Some(redis.url());
+    let proxy = start_proxy(flags).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut setup = client.get_multiplexed_async_connection().await.unwrap();
+    consumer::create_group(&mut setup).await;
+
+    let sessions = ["g1", "g2", "g3", "g4", "g5"];
+    for session in sessions {
+        close(&proxy, session).await;
+    }
+
+    // The first consumer handles two events, then takes one more and dies before its XACK.
+    let mut handled: Vec<String> = Vec::new();
+    let mut first = client.get_multiplexed_async_connection().await.unwrap();
+    let mut taken = 0;
+    while taken < 3 {
+        let batch = consumer::read(&mut first, "worker-1", ">", 1).await;
+        assert!(!batch.is_empty());
+        for (stream, id, kind, session) in batch {
+            taken += 1;
+            if taken == 3 {
+                break; // delivered, not acknowledged: the crash
+            }
+            if kind == "closed" {
+                handled.push(session);
+            }
+            consumer::ack(&mut first, &stream, &id).await;
+        }
+    }
+    drop(first);
+
+    // Restarted under the same name: first what it had been given, then what is new.
+    let mut restarted = client.get_multiplexed_async_connection().await.unwrap();
+    for from in ["0", ">"] {
+        loop {
+            let batch = consumer::read(&mut restarted, "worker-1", from, 10).await;
+            if batch.is_empty() {
+                break;
+            }
+            for (stream, id, kind, session) in batch {
+                if kind == "closed" {
+                    handled.push(session);
+                }
+                consumer::ack(&mut restarted, &stream, &id).await;
+            }
+        }
+    }
+    handled.sort_unstable();
+    assert_eq!(handled, sessions);
+
+    // A closure after the restart reaches the group once too; nothing is left pending.
+    close(&proxy, "g6").await;
+    let batch = consumer::read(&mut restarted, "worker-1", ">", 10).await;
+    assert_eq!(batch.len(), 1);
+    assert_eq!((batch[0].2.as_str(), batch[0].3.as_str()), ("closed", "g6"));
+    consumer::ack(&mut restarted, &batch[0].0, &batch[0].1).await;
+    for stream in consumer::streams() {
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(consumer::GROUP)
+            .query_async(&mut setup)
+            .await
+            .unwrap();
+        let redis::Value::Array(summary) = pending else {
+            panic!("XPENDING summary: {pending:?}");
+        };
+        assert_eq!(summary[0], redis::Value::Int(0), "{stream}");
+    }
+}

@@ -125,6 +125,7 @@ async fn control_api_requires_the_bearer_token_when_one_is_set() {
     for path in [
         "/v1/stats",
         "/metrics",
+        "/v1/events",
         "/v1/credentials",
         "/v1/sessions/s1",
     ] {
