@@ -15,6 +15,7 @@ use futures_util::FutureExt;
 use http::{Method, Request, Response, Version};
 use tower::ServiceExt;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::forward::{ForwardError, ForwardErrorKind};
@@ -104,6 +105,19 @@ where
             }
         };
         let route = target.route.name.clone();
+        // One span per routed request: what an operator filters logs by. The session id is
+        // not a secret; credentials are never recorded. `rule` is filled in on a match.
+        let span = tracing::info_span!(
+            "request",
+            route = %route,
+            session = request
+                .headers()
+                .get(crate::halt::X_HALTGATE_SESSION)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| crate::session::SessionId::parse(v).is_ok())
+                .unwrap_or("-"),
+            rule = tracing::field::Empty,
+        );
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(target);
         let request = Request::from_parts(parts, body::boxed(body));
@@ -113,7 +127,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let shutdown = self.shutdown.clone();
         let traffic = self.traffic.clone();
-        let forwarded = inner.oneshot(request);
+        let forwarded = inner.oneshot(request).instrument(span);
         Box::pin(forwarded.map(move |result| {
             let response = match result {
                 Ok(response) => response,

@@ -34,6 +34,7 @@ pub mod halt;
 pub mod ingress;
 pub mod metrics;
 pub mod observe;
+pub mod operator;
 pub mod route;
 pub mod rules;
 pub mod server;

@@ -687,3 +687,246 @@ async fn a_consumer_group_handles_every_closure_exactly_once_across_a_consumer_r
         assert_eq!(summary[0], redis::Value::Int(0), "{stream}");
     }
 }
+
+// === The binary: JSON logs and the operator CLI ===
+
+const CONTROL_TOKEN: &str = "ctl-REDACTED-operate-token-0001";
+const PLANTED: &str = "xoxb-REDACTED-PLANTED-operate";
+
+/// `haltgate --log-format json serve` with its stderr collected as it is written.
+struct Server {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path, upstream: &Upstream) -> Self {
+        use std::io::Read;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haltgate"))
+            .current_dir(dir)
+            .args(["--log-format", "json", "serve"])
+            .args(["--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"])
+            .arg("--rules")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
+            .arg("--store")
+            .arg(format!("redb:{}", dir.join("haltgate.redb").display()))
+            .arg("--route")
+            .arg(format!("slack={}", upstream.http_url()))
+            .env("HALTGATE_LOG", "debug")
+            .env("HALTGATE_CONTROL_TOKEN", CONTROL_TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("haltgate starts");
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self { child, stderr }
+    }
+
+    /// Every log line, each one JSON object.
+    fn log_lines(&self) -> Vec<Value> {
+        self.stderr
+            .lock()
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+            .collect()
+    }
+
+    async fn addresses(&self) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        within(std::time::Duration::from_secs(20), async {
+            loop {
+                let serving = self
+                    .log_lines()
+                    .into_iter()
+                    .find(|l| l["fields"]["message"] == "haltgate is serving.");
+                if let Some(line) = serving {
+                    let addr = |name: &str| line["fields"][name].as_str().unwrap().parse().unwrap();
+                    return (addr("agent_addr"), addr("control_addr"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `haltgate ARGS --control URL` with the control token; exit success, stdout, stderr.
+async fn cli(
+    control: std::net::SocketAddr,
+    token: Option<&str>,
+    args: &[&str],
+) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_haltgate"));
+    command
+        .args(args)
+        .args(["--control", &format!("http://{control}")])
+        .env_remove("HALTGATE_CONTROL_TOKEN");
+    if let Some(token) = token {
+        command.env("HALTGATE_CONTROL_TOKEN", token);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+fn agent_post(agent: std::net::SocketAddr, session: &str, mode: &str) -> Request<body::ProxyBody> {
+    Request::post(format!(
+        "http://{agent}/slack/api/chat.postMessage?mode={mode}"
+    ))
+    .header("content-type", "application/json")
+    .header("authorization", format!("Bearer {PLANTED}"))
+    .header("x-haltgate-session", session)
+    .body(body::full(
+        json!({"channel": CHANNEL, "text": "hi"}).to_string(),
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_span_and_the_cli_drives_the_control_api() {
+    let upstream = start_upstream(slack_upstream()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &upstream);
+    let (agent, control) = server.addresses().await;
+    let token = Some(CONTROL_TOKEN);
+    within(std::time::Duration::from_secs(10), async {
+        let readyz = format!("http://{control}/readyz");
+        while client().request(get(&readyz)).await.unwrap().status() != 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    let (status, _, _) = send(agent_post(agent, "cli-kick", "kick")).await;
+    assert_eq!(status, 410);
+    let (status, _, _) = send(agent_post(agent, "cli-auth", "invalid_auth")).await;
+    assert_eq!(status, 410);
+
+    // sessions get: text for people, the record with --json.
+    let (ok, out, err) = cli(control, token, &["sessions", "get", "cli-kick"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("cli-kick  closed  epoch 0"), "{out}");
+    assert!(out.contains("rule slack.write_to_gone_channel"), "{out}");
+    let (ok, out, _) = cli(control, token, &["sessions", "get", "cli-kick", "--json"]).await;
+    assert!(ok);
+    let record: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["status"], "closed");
+
+    // wakeups, close, reopen.
+    let (ok, out, err) = cli(control, token, &["sessions", "reopen", "cli-open"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("cli-open  open  epoch 0"), "{out}");
+    let due = haltgate::session::unix_ms_now() + 60_000;
+    let request = Request::post(format!("http://{control}/v1/sessions/cli-open/wakeups"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {CONTROL_TOKEN}"))
+        .body(body::full(
+            json!({"due_ms": due, "payload": {"k": 1}}).to_string(),
+        ))
+        .unwrap();
+    assert_eq!(send(request).await.0, 201);
+    let (ok, out, _) = cli(control, token, &["sessions", "wakeups", "cli-open"]).await;
+    assert!(ok);
+    assert!(out.starts_with("1 pending wakeups of cli-open"), "{out}");
+    let (ok, out, _) = cli(
+        control,
+        token,
+        &["sessions", "close", "cli-open", "--reason", "done here"],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(out.trim(), "closed cli-open (1 wakeups cancelled)");
+    let (ok, out, _) = cli(
+        control,
+        token,
+        &["sessions", "reopen", "cli-open", "--json"],
+    )
+    .await;
+    assert!(ok);
+    let record: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (record["status"].as_str(), record["epoch"].as_u64()),
+        (Some("open"), Some(1))
+    );
+
+    // credentials list and unblock.
+    let (ok, out, _) = cli(control, token, &["credentials", "list", "--json"]).await;
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let fingerprint = listed["credentials"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ok, out, _) = cli(control, token, &["credentials", "list"]).await;
+    assert!(ok);
+    assert!(
+        out.starts_with("1 blocked credentials") && out.contains(&fingerprint),
+        "{out}"
+    );
+    let (ok, out, _) = cli(control, token, &["credentials", "unblock", &fingerprint]).await;
+    assert!(ok);
+    assert_eq!(out.trim(), format!("unblocked {fingerprint}"));
+
+    // events tail: every closure, one JSON object a line.
+    let (ok, out, _) = cli(control, token, &["events", "tail", "--json"]).await;
+    assert!(ok);
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let closed: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "closed")
+        .map(|e| e["session"].as_str().unwrap())
+        .collect();
+    assert_eq!(closed, ["cli-kick", "cli-auth", "cli-open"]);
+    let (ok, out, _) = cli(control, token, &["events", "tail"]).await;
+    assert!(ok);
+    assert!(
+        out.lines().any(|l| l.contains("closed  session=cli-kick")),
+        "{out}"
+    );
+
+    // Without the token the API refuses, and the command says so.
+    let (ok, _, err) = cli(control, None, &["sessions", "get", "cli-kick"]).await;
+    assert!(!ok);
+    assert!(err.contains("401"), "{err}");
+
+    // The match was logged inside its request's span, with no credential anywhere.
+    let lines = server.log_lines();
+    let matched = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "Rule matched." && l["span"]["session"] == "cli-kick")
+        .unwrap_or_else(|| panic!("no match line in {lines:?}"));
+    assert_eq!(matched["span"]["name"], "request");
+    assert_eq!(matched["span"]["route"], "slack");
+    assert_eq!(matched["span"]["rule"], "slack.write_to_gone_channel");
+    let log = server.stderr.lock().unwrap().clone();
+    assert!(!log.contains(PLANTED), "planted token in the logs");
+    assert!(!log.contains(CONTROL_TOKEN), "control token in the logs");
+}

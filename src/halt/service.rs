@@ -10,6 +10,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::body::{Capture, CapturedPrefix, Replay};
 use super::events::InspectEvents;
@@ -207,11 +208,14 @@ async fn answer(refusal: Refusal, shared: Arc<Shared>) -> Result<Response<ProxyB
     let response = match refusal {
         Refusal::Halt(halt) => {
             shared.stats.short_circuited.inc();
+            tracing::Span::current().record("rule", halt.rule.as_str());
             halt.into_response()
         }
         Refusal::HaltAfter(halt) => {
             shared.stats.short_circuited.inc();
-            halt.await.into_response()
+            let halt = halt.await;
+            tracing::Span::current().record("rule", halt.rule.as_str());
+            halt.into_response()
         }
         Refusal::Error(error) => {
             if error.kind == "not_ready" {
@@ -444,6 +448,7 @@ pub(crate) fn act(
     shared: &Shared,
 ) -> impl Future<Output = Outcome> + Send + 'static {
     shared.stats.matched.inc();
+    tracing::Span::current().record("rule", decision.rule.as_deref().unwrap_or("-"));
     shared.stats.count_match(
         decision.rule.as_deref().unwrap_or("-"),
         decision.class.as_str(),
@@ -465,15 +470,21 @@ pub(crate) fn act(
         upstream_status,
         "Rule matched."
     );
-    let task = tokio::spawn(shared.hooks.on_match(Matched {
-        provider: request.provider.clone(),
-        session: request.session.clone(),
-        decision,
-        upstream_status,
-        started_ms: request.started_ms,
-        credentials,
-        detail,
-    }));
+    // The hook's own logs (closure stored, store errors) keep the request's span.
+    let task = tokio::spawn(
+        shared
+            .hooks
+            .on_match(Matched {
+                provider: request.provider.clone(),
+                session: request.session.clone(),
+                decision,
+                upstream_status,
+                started_ms: request.started_ms,
+                credentials,
+                detail,
+            })
+            .instrument(tracing::Span::current()),
+    );
     async move {
         task.await.unwrap_or_else(|error| {
             tracing::error!(%error, "Match hook failed; the response goes through.");
