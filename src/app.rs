@@ -172,6 +172,14 @@ impl App {
                 retention,
             )));
         }
+        if let Some(webhook) = config.webhook.clone() {
+            let client = build_client(&config.upstream)?;
+            tasks.push(tokio::spawn(crate::webhook::run(
+                webhook,
+                gate.store().clone(),
+                client,
+            )));
+        }
         let hooks: Arc<dyn SessionHooks> = Arc::new(gate.clone());
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)

@@ -518,6 +518,13 @@ where
 /// "Events for the platform". Fields may be added within a version, never renamed or retyped.
 pub const EVENT_FORMAT_VERSION: u64 = 1;
 
+/// An event as the control API and the webhook send it: its fields plus `"v"`.
+pub fn event_json(event: &crate::session::StateEvent) -> Value {
+    let mut value = json!(event);
+    value["v"] = json!(EVENT_FORMAT_VERSION);
+    value
+}
+
 const DEFAULT_EVENTS_LIMIT: usize = 100;
 const MAX_EVENTS_LIMIT: usize = 1000;
 
@@ -549,15 +556,7 @@ async fn events_page(
         }
     }
     let page = store.events_after(after.as_ref(), limit).await?;
-    let events: Vec<Value> = page
-        .events
-        .iter()
-        .map(|event| {
-            let mut value = json!(event);
-            value["v"] = json!(EVENT_FORMAT_VERSION);
-            value
-        })
-        .collect();
+    let events: Vec<Value> = page.events.iter().map(event_json).collect();
     Ok(json_response(
         StatusCode::OK,
         json!({"events": events, "cursor": page.cursor.as_str(), "gap": page.gap}),

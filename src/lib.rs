@@ -43,3 +43,4 @@ pub mod session_gate;
 pub mod shutdown;
 pub mod synthetic;
 pub mod upstream;
+pub mod webhook;

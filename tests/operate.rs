@@ -930,3 +930,121 @@ async fn json_logs_carry_the_request_span_and_the_cli_drives_the_control_api() {
     assert!(!log.contains(PLANTED), "planted token in the logs");
     assert!(!log.contains(CONTROL_TOKEN), "control token in the logs");
 }
+
+// === Webhook sink ===
+
+#[tokio::test]
+async fn the_webhook_delivers_every_event_signed_retries_failures_and_resumes_after_a_restart() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let delivered: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let (a, d) = (attempts.clone(), delivered.clone());
+    // The receiver fails its first two requests, then accepts.
+    let receiver = start_upstream(handler(move |seen: Seen| {
+        let attempt = a.fetch_add(1, Ordering::SeqCst);
+        let delivered = d.clone();
+        async move {
+            if attempt < 2 {
+                return text(500, "not now");
+            }
+            delivered.lock().unwrap().push(seen);
+            text(204, "")
+        }
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "whsec-REDACTED-0123456789";
+    std::fs::write(dir.path().join("webhook.secret"), format!("{secret}\n")).unwrap();
+    let cursor_file = dir.path().join("webhook.cursor");
+    let spec = || haltgate::config::ConfigSpec {
+        webhook: Some(haltgate::webhook::WebhookSpec {
+            url: format!("{}/events", receiver.http_url()),
+            secret_file: dir.path().join("webhook.secret"),
+            cursor_file: Some(cursor_file.clone()),
+        }),
+        ..Default::default()
+    };
+    let state = tempfile::tempdir().unwrap();
+    let proxy = start_proxy_with(spec(), proxy_flags(&[]), state).await;
+    close(&proxy, "w1").await;
+    close(&proxy, "w2").await;
+
+    let delivered_ids = |count: usize| {
+        let delivered = delivered.clone();
+        async move {
+            within(std::time::Duration::from_secs(20), async {
+                loop {
+                    let ids: Vec<String> = delivered
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|s| {
+                            s.headers["x-haltgate-event-id"]
+                                .to_str()
+                                .unwrap()
+                                .to_owned()
+                        })
+                        .collect();
+                    if ids.len() >= count {
+                        return ids;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+            .await
+        }
+    };
+    let ids = delivered_ids(2).await;
+    assert!(
+        attempts.load(Ordering::SeqCst) >= 4,
+        "the failures were retried"
+    );
+
+    // Each delivery is the event, signed over timestamp and body.
+    for seen in delivered.lock().unwrap().iter() {
+        let timestamp = seen.headers["x-haltgate-timestamp"].to_str().unwrap();
+        let signature = seen.headers["x-haltgate-signature"].to_str().unwrap();
+        let tag = signature.strip_prefix("v1=").unwrap();
+        let tag: Vec<u8> = (0..tag.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&tag[i..i + 2], 16).unwrap())
+            .collect();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        let mut signed = format!("{timestamp}.").into_bytes();
+        signed.extend_from_slice(&seen.body);
+        ring::hmac::verify(&key, &signed, &tag).expect("valid signature");
+        let event: Value = serde_json::from_slice(&seen.body).unwrap();
+        assert_eq!(event["v"], 1);
+        assert_eq!(event["kind"], "closed");
+        assert_eq!(
+            event["id"],
+            seen.headers["x-haltgate-event-id"].to_str().unwrap()
+        );
+    }
+    let sessions: Vec<Value> = delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| serde_json::from_slice::<Value>(&s.body).unwrap()["session"].clone())
+        .collect();
+    assert_eq!(sessions, [json!("w1"), json!("w2")]);
+
+    // Wait for the cursor to pass the second event, then restart: only new events follow.
+    let (_, page) = control(&proxy, "GET", "/v1/events?limit=1000", None).await;
+    let end = page["cursor"].as_str().unwrap().to_owned();
+    within(std::time::Duration::from_secs(10), async {
+        while std::fs::read_to_string(&cursor_file).unwrap_or_default() != end {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let state = proxy.stop().await;
+    let proxy = start_proxy_with(spec(), proxy_flags(&[]), state).await;
+    close(&proxy, "w3").await;
+    let after = delivered_ids(3).await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after[..2], ids[..]);
+    let third: Value = serde_json::from_slice(&delivered.lock().unwrap()[2].body).unwrap();
+    assert_eq!(third["session"], "w3");
+}
