@@ -15,6 +15,7 @@ use crate::control::{Control, Readiness};
 use crate::forward::Forward;
 use crate::halt::{HaltLayer, HaltStats, SessionHooks};
 use crate::ingress::Ingress;
+use crate::metrics::{Metrics, TrafficStats};
 use crate::rules::{RuleErrors, RuleSet};
 use crate::session::{
     open_store, unix_ms_now, ClosedSet, FeedConfig, LocalCopy, Outbox, RelayConfig, SessionStore,
@@ -171,6 +172,14 @@ impl App {
                 retention,
             )));
         }
+        if let Some(webhook) = config.webhook.clone() {
+            let client = build_client(&config.upstream)?;
+            tasks.push(tokio::spawn(crate::webhook::run(
+                webhook,
+                gate.store().clone(),
+                client,
+            )));
+        }
         let hooks: Arc<dyn SessionHooks> = Arc::new(gate.clone());
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -191,10 +200,12 @@ impl App {
         let (trigger, signal) = shutdown::channel();
         let readiness = Readiness::new(gate.clone());
         let client = build_client(&config.upstream)?;
+        let traffic = Arc::new(TrafficStats::default());
         let forward = Forward::new(
             client,
             config.upstream.connect_timeout,
             config.upstream.response_header_timeout,
+            traffic.clone(),
         );
         let port = agent_addr.port();
         let own_authorities = vec![
@@ -210,7 +221,9 @@ impl App {
             Arc::new(config.routes.clone()),
             own_authorities,
             signal.clone(),
+            traffic.clone(),
         );
+        let metrics = Arc::new(Metrics::new(&traffic, &stats, gate.stats()));
 
         let mut servers = JoinSet::new();
         servers.spawn(crate::server::serve(
@@ -227,7 +240,9 @@ impl App {
                 gate.clone(),
                 stats.clone(),
                 config.control.clone(),
-            ),
+            )
+            .with_metrics(metrics)
+            .with_rules(rules.clone(), config.routes.host_providers()),
             signal,
             config.shutdown_grace,
             config.control_limits.clone(),

@@ -16,14 +16,35 @@ use crate::rules::{
     Class, PreparedExchange, RecordedRequest, RecordedResponse, RuleSet, Scope, Verdict,
 };
 
+/// One recorded exchange; `POST /v1/sessions/{id}/observe` reads the same shape.
 #[derive(Deserialize)]
-struct InputLine {
+pub struct InputLine {
     #[serde(default)]
-    provider: Option<String>,
-    request: RecordedRequest,
-    response: RecordedResponse,
+    pub provider: Option<String>,
+    pub request: RecordedRequest,
+    pub response: RecordedResponse,
+    /// The session scope; `None` decides as a session without one.
     #[serde(default)]
-    context: Option<Value>,
+    pub context: Option<Value>,
+}
+
+/// Reads the exchange of `line` and names its provider (given, or by the URL's host).
+pub fn prepare(
+    rules: &RuleSet,
+    hosts: &[(String, String)],
+    line: &InputLine,
+) -> Result<(PreparedExchange, String), String> {
+    let prepared = PreparedExchange::prepare(&line.request, &line.response)?;
+    let provider = resolve_provider(line.provider.as_deref(), prepared.host.as_deref(), hosts)
+        .ok_or_else(|| match &prepared.host {
+            Some(host) => format!("no provider given and none configured for host `{host}`"),
+            None => "no provider given and the URL has no host".to_owned(),
+        })?
+        .to_owned();
+    if !rules.providers().any(|known| known == provider) {
+        return Err(format!("unknown provider `{provider}`"));
+    }
+    Ok((prepared, provider))
 }
 
 #[derive(Serialize)]
@@ -102,17 +123,9 @@ fn decide(
         return Err("a line must be a JSON object".into());
     }
     let line: InputLine = serde_json::from_value(value).map_err(|error| error.to_string())?;
-    let prepared = PreparedExchange::prepare(&line.request, &line.response)?;
-    let provider = resolve_provider(line.provider.as_deref(), prepared.host.as_deref(), hosts)
-        .ok_or_else(|| match &prepared.host {
-            Some(host) => format!("no provider given and none configured for host `{host}`"),
-            None => "no provider given and the URL has no host".to_owned(),
-        })?;
-    if !rules.providers().any(|known| known == provider) {
-        return Err(format!("unknown provider `{provider}`"));
-    }
+    let (prepared, provider) = prepare(rules, hosts, &line)?;
     let exchange = prepared.exchange(
-        provider,
+        &provider,
         Scope::Known(line.context.as_ref()),
         rules.max_body_bytes(),
     );

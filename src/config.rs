@@ -51,6 +51,8 @@ pub struct ConfigSpec {
     pub control: ControlSpec,
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// `[webhook]`: POST every event to the agent platform (see [`crate::webhook`]).
+    pub webhook: Option<crate::webhook::WebhookSpec>,
 }
 
 /// `[control]`: who may use the control API. Tokens live in files (or the environment), never
@@ -151,6 +153,7 @@ pub struct Config {
     pub limits: Limits,
     /// Limits of the control listener: the agent ones with their own connection budget.
     pub control_limits: Limits,
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 /// Every problem found in a configuration.
@@ -294,6 +297,9 @@ impl Config {
         );
 
         let routes = resolve_routes(spec.routes, &flags.routes, &mut errors);
+        let webhook = spec
+            .webhook
+            .and_then(|webhook| crate::webhook::WebhookConfig::resolve(webhook, &mut errors));
 
         let store = flags
             .store
@@ -344,6 +350,7 @@ impl Config {
             control,
             limits,
             control_limits,
+            webhook,
         })
     }
 }

@@ -3,14 +3,18 @@
 //! | method and path | does |
 //! | --- | --- |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 once the proxy serves and its local view of closures is complete, else 503 |
+//! | `GET /readyz` | 200 once every check passes, else 503; the body names each check and the failing ones |
 //! | `GET /v1/stats` | counters of the halt layer and the closed set |
+//! | `GET /metrics` | every metric in the Prometheus text format (see [`crate::metrics`]) |
 //! | `PUT /v1/sessions/{id}` | create open, or reopen a closed one at epoch + 1 |
 //! | `GET /v1/sessions/{id}` | the record; 404 if unknown |
 //! | `POST /v1/sessions/{id}/close` | manual close, same atomic path as a rule match |
+//! | `POST /v1/sessions/{id}/observe` | decide an exchange seen elsewhere and act on it (see [`crate::observe`]) |
 //! | `POST /v1/sessions/{id}/wakeups` | schedule a wakeup; 409 if the session is closed |
 //! | `GET /v1/sessions/{id}/wakeups` | pending wakeups |
-//! | `POST /v1/wakeups/claim` | hand out due wakeups, each once, never of a closed session |
+//! | `POST /v1/wakeups/claim` | lease due wakeups (at-least-once), never of a closed session |
+//! | `POST /v1/wakeups/{id}/ack` | remove a leased wakeup once its work is done |
+//! | `GET /v1/events?after=CURSOR&limit=N` | one page of the durable event log |
 //! | `GET /v1/credentials` | blocked credentials |
 //! | `DELETE /v1/credentials/{fingerprint}` | unblock |
 //!
@@ -24,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -34,9 +39,12 @@ use tower_service::Service;
 use crate::body::{BoxError, ProxyBody};
 use crate::control_auth::ControlAuth;
 use crate::halt::HaltStats;
+use crate::metrics::{Metrics, ScrapeGauges, METRICS_CONTENT_TYPE};
+use crate::observe::{observe, ObserveBody, ObserveError};
+use crate::rules::RuleSet;
 use crate::session::{
-    AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure, CredentialBlock, Fingerprint,
-    OpenSpec, SessionId, SessionRecord, StoreError,
+    AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure, CredentialBlock, EventCursor,
+    Fingerprint, OpenSpec, SessionId, SessionRecord, StoreError,
 };
 use crate::session_gate::SessionGate;
 use crate::synthetic::json_response;
@@ -66,6 +74,15 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.serving.load(Ordering::Acquire) && self.gate.is_ready()
     }
+
+    /// Each check by name, in the order they are passed at start.
+    pub fn checks(&self) -> [(&'static str, bool); 3] {
+        [
+            ("serving", self.serving.load(Ordering::Acquire)),
+            ("closed_set_loaded", self.gate.closed().is_ready()),
+            ("credential_key_loaded", self.gate.credential_key_loaded()),
+        ]
+    }
 }
 
 /// Service for the control listener.
@@ -75,6 +92,15 @@ pub struct Control {
     gate: Arc<SessionGate>,
     stats: Arc<HaltStats>,
     auth: Arc<ControlAuth>,
+    metrics: Option<Arc<Metrics>>,
+    rules: Option<RulesInForce>,
+}
+
+/// The rules `observe` decides with, and the hosts that name a provider.
+#[derive(Clone)]
+struct RulesInForce {
+    rules: Arc<ArcSwap<RuleSet>>,
+    hosts: Arc<[(String, String)]>,
 }
 
 impl Control {
@@ -89,7 +115,29 @@ impl Control {
             gate,
             stats,
             auth: Arc::new(auth),
+            metrics: None,
+            rules: None,
         }
+    }
+
+    /// Serves `/metrics` from `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Decides `observe` requests with `rules`; `hosts` (host, provider) name the provider of
+    /// an exchange that does not.
+    pub fn with_rules(
+        mut self,
+        rules: Arc<ArcSwap<RuleSet>>,
+        hosts: Vec<(String, String)>,
+    ) -> Self {
+        self.rules = Some(RulesInForce {
+            rules,
+            hosts: hosts.into(),
+        });
+        self
     }
 }
 
@@ -187,9 +235,68 @@ struct WakeupBody {
 #[serde(deny_unknown_fields)]
 struct ClaimBody {
     limit: usize,
+    lease_ms: Option<u64>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    session: String,
+}
+
+/// How long a claimed wakeup stays with its claimer before it is due again.
+const DEFAULT_LEASE_MS: u64 = 30_000;
+
 impl Control {
+    async fn metrics(&self) -> Result<Response<ProxyBody>, Problem> {
+        let Some(metrics) = &self.metrics else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "this control listener serves no metrics",
+            ));
+        };
+        let outbox_depth = match self.gate.outbox() {
+            Some(outbox) => outbox.len().await.unwrap_or(0),
+            None => 0,
+        };
+        let closed = self.gate.closed();
+        let text = metrics.encode(ScrapeGauges {
+            outbox_depth: outbox_depth as i64,
+            rules_loaded: self
+                .rules
+                .as_ref()
+                .map_or(0, |r| r.rules.load().rule_count() as i64),
+            closed_sessions: closed.closed_count() as i64,
+            blocked_credentials: closed.blocked_count() as i64,
+            store_replicas_to_ack: self.gate.store().replicas_to_ack().map_or(-1, i64::from),
+        });
+        Response::builder()
+            .header(http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)
+            .body(crate::body::full(text))
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+
+    async fn observe<B>(&self, id: &str, body: B) -> Result<Response<ProxyBody>, Problem>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Some(rules) = &self.rules else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "this control listener has no rules to observe with",
+            ));
+        };
+        let id = session_id(id)?;
+        let body: ObserveBody = read_json(body, false).await?;
+        let rule_set = rules.rules.load_full();
+        match observe(&rule_set, &rules.hosts, &self.gate, &self.stats, id, body).await {
+            Ok(observed) => Ok(json_response(StatusCode::OK, json!(observed))),
+            Err(ObserveError::Input(message)) => Err(Problem::bad_request(message)),
+            Err(ObserveError::Store(error)) => Err(error.into()),
+        }
+    }
+
     async fn route<B>(&self, request: Request<B>) -> Result<Response<ProxyBody>, Problem>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -202,14 +309,34 @@ impl Control {
             (&Method::GET, ["healthz"]) => {
                 Ok(json_response(StatusCode::OK, json!({"status": "ok"})))
             }
-            (&Method::GET, ["readyz"]) => Ok(if self.readiness.is_ready() {
-                json_response(StatusCode::OK, json!({"status": "ready"}))
-            } else {
-                json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"status": "starting"}),
-                )
-            }),
+            (&Method::GET, ["readyz"]) => {
+                let checks = self.readiness.checks();
+                let failing: Vec<&str> = checks
+                    .iter()
+                    .filter(|(_, passed)| !passed)
+                    .map(|(name, _)| *name)
+                    .collect();
+                let checks: serde_json::Map<String, Value> = checks
+                    .iter()
+                    .map(|(name, passed)| ((*name).to_owned(), json!(passed)))
+                    .collect();
+                // How a closure counts as stored, so an operator sees it where readiness is.
+                let replicas = self.gate.store().replicas_to_ack();
+                Ok(if failing.is_empty() {
+                    json_response(
+                        StatusCode::OK,
+                        json!({"status": "ready", "checks": checks, "failing": failing,
+                               "store_replicas_to_ack": replicas}),
+                    )
+                } else {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"status": "starting", "checks": checks, "failing": failing,
+                               "store_replicas_to_ack": replicas}),
+                    )
+                })
+            }
+            (&Method::GET, ["metrics"]) => self.metrics().await,
             (&Method::GET, ["v1", "stats"]) => {
                 let mut stats = self.stats.to_json();
                 stats["closed_sessions"] = json!(self.gate.closed().closed_count());
@@ -219,6 +346,13 @@ impl Control {
                     stats["outbox_pending"] = json!(outbox.len().await.ok());
                 }
                 Ok(json_response(StatusCode::OK, stats))
+            }
+            (&Method::POST, ["v1", "sessions", id, "observe"]) => {
+                self.observe(id, request.into_body()).await
+            }
+            (&Method::GET, ["v1", "events"]) => {
+                let query = request.uri().query().unwrap_or("");
+                events_page(self.gate.store().as_ref(), query).await
             }
             (_, ["v1", ..]) => {
                 sessions_api(&self.gate, &method, &segments[1..], request.into_body()).await
@@ -317,16 +451,35 @@ where
             if body.limit == 0 || body.limit > 10_000 {
                 return Err(Problem::bad_request("limit must be between 1 and 10000"));
             }
+            let lease_ms = body.lease_ms.unwrap_or(DEFAULT_LEASE_MS);
             let claimed: Vec<Value> = store
-                .claim_due(crate::session::unix_ms_now(), body.limit)
+                .lease_due(crate::session::unix_ms_now(), body.limit, lease_ms)
                 .await?
                 .into_iter()
                 .map(|c| {
                     let w = c.wakeup;
-                    json!({"id": w.id, "session": w.session.as_str(), "epoch": w.epoch, "due_ms": w.due_ms, "payload": w.payload})
+                    json!({"id": w.id, "session": w.session.as_str(), "epoch": w.epoch,
+                           "due_ms": w.due_ms, "payload": w.payload,
+                           "leased_until_ms": c.leased_until_ms})
                 })
                 .collect();
             Ok(json_response(StatusCode::OK, json!({ "wakeups": claimed })))
+        }
+        (&Method::POST, ["wakeups", wakeup_id, "ack"]) => {
+            let body: AckBody = read_json(body, false).await?;
+            let id = session_id(&body.session)?;
+            let wakeup_id = percent_decode(wakeup_id)?;
+            if store.ack_wakeup(&id, &wakeup_id).await? {
+                Ok(json_response(
+                    StatusCode::OK,
+                    json!({"id": wakeup_id, "session": id.as_str(), "acked": true}),
+                ))
+            } else {
+                Err(Problem::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no wakeup {wakeup_id} of session {id}: acknowledged already, or cancelled by a close"),
+                ))
+            }
         }
         (&Method::GET, ["credentials"]) => {
             let blocks: Vec<Value> = store
@@ -365,6 +518,55 @@ where
             format!("no control endpoint {method} /v1/{}", path.join("/")),
         )),
     }
+}
+
+/// Version of the event format the control API and the stores write; see the README's
+/// "Events for the platform". Fields may be added within a version, never renamed or retyped.
+pub const EVENT_FORMAT_VERSION: u64 = 1;
+
+/// An event as the control API and the webhook send it: its fields plus `"v"`.
+pub fn event_json(event: &crate::session::StateEvent) -> Value {
+    let mut value = json!(event);
+    value["v"] = json!(EVENT_FORMAT_VERSION);
+    value
+}
+
+const DEFAULT_EVENTS_LIMIT: usize = 100;
+const MAX_EVENTS_LIMIT: usize = 1000;
+
+/// `GET /v1/events?after=CURSOR&limit=N`: one page of the durable event log.
+async fn events_page(
+    store: &dyn crate::session::SessionStore,
+    query: &str,
+) -> Result<Response<ProxyBody>, Problem> {
+    let mut after = None;
+    let mut limit = DEFAULT_EVENTS_LIMIT;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)?;
+        match name {
+            "after" if !value.is_empty() => after = Some(EventCursor::from_token(value)),
+            "after" => {}
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_EVENTS_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        Problem::bad_request(format!(
+                            "limit must be between 1 and {MAX_EVENTS_LIMIT}"
+                        ))
+                    })?
+            }
+            other => return Err(Problem::bad_request(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let page = store.events_after(after.as_ref(), limit).await?;
+    let events: Vec<Value> = page.events.iter().map(event_json).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"events": events, "cursor": page.cursor.as_str(), "gap": page.gap}),
+    ))
 }
 
 fn session_id(raw: &str) -> Result<SessionId, Problem> {

@@ -16,6 +16,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::{self, BoxError, ProxyBody};
+use crate::metrics::TrafficStats;
 use crate::route::Target;
 use crate::server::BodyReadTimeout;
 use crate::upstream::UpstreamClient;
@@ -54,6 +55,7 @@ pub struct Forward {
     client: UpstreamClient,
     response_header_timeout: Duration,
     connect_timeout: Duration,
+    traffic: Arc<TrafficStats>,
 }
 
 impl Forward {
@@ -61,11 +63,13 @@ impl Forward {
         client: UpstreamClient,
         connect_timeout: Duration,
         response_header_timeout: Duration,
+        traffic: Arc<TrafficStats>,
     ) -> Self {
         Self {
             client,
             connect_timeout,
             response_header_timeout,
+            traffic,
         }
     }
 }
@@ -84,6 +88,7 @@ impl Service<Request<ProxyBody>> for Forward {
         let client = self.client.clone();
         let response_header_timeout = self.response_header_timeout;
         let connect_timeout = self.connect_timeout;
+        let traffic = self.traffic.clone();
         Box::pin(async move {
             let Some(target) = request.extensions().get::<Target>().cloned() else {
                 return Err(ForwardError {
@@ -94,6 +99,7 @@ impl Service<Request<ProxyBody>> for Forward {
             };
             let route = target.route.name.clone();
             let upstream_request = upstream_request(request, &target);
+            let started = std::time::Instant::now();
             let sent =
                 tokio::time::timeout(response_header_timeout, client.request(upstream_request));
             let response = match sent.await {
@@ -113,6 +119,7 @@ impl Service<Request<ProxyBody>> for Forward {
                 }
                 Ok(Ok(response)) => response,
             };
+            traffic.observe_upstream(&route, started.elapsed());
             let (mut parts, incoming) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body::boxed(incoming)))

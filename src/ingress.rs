@@ -15,9 +15,11 @@ use futures_util::FutureExt;
 use http::{Method, Request, Response, Version};
 use tower::ServiceExt;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::forward::{ForwardError, ForwardErrorKind};
+use crate::metrics::TrafficStats;
 use crate::route::{RouteTable, Unresolved};
 use crate::rules::is_event_stream;
 use crate::shutdown::{EndOnShutdown, ShutdownSignal};
@@ -31,6 +33,7 @@ pub struct Ingress<S> {
     routes: Arc<RouteTable>,
     own_authorities: Arc<[String]>,
     shutdown: ShutdownSignal,
+    traffic: Arc<TrafficStats>,
 }
 
 impl<S> Ingress<S> {
@@ -41,12 +44,14 @@ impl<S> Ingress<S> {
         routes: Arc<RouteTable>,
         own_authorities: Vec<String>,
         shutdown: ShutdownSignal,
+        traffic: Arc<TrafficStats>,
     ) -> Self {
         Self {
             inner,
             routes,
             own_authorities: own_authorities.into(),
             shutdown,
+            traffic,
         }
     }
 }
@@ -72,7 +77,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if let Some(refusal) = self.refusal(&request) {
-            return Box::pin(async move { Ok(refusal.into_response()) });
+            let response = refusal.into_response();
+            self.traffic.count_request("-", response.status());
+            return Box::pin(async move { Ok(response) });
         }
         let path_and_query = request
             .uri()
@@ -92,9 +99,25 @@ where
                         SyntheticResponse::bad_request("The path is not a valid upstream path.")
                     }
                 };
-                return Box::pin(async move { Ok(refusal.into_response()) });
+                let response = refusal.into_response();
+                self.traffic.count_request("-", response.status());
+                return Box::pin(async move { Ok(response) });
             }
         };
+        let route = target.route.name.clone();
+        // One span per routed request: what an operator filters logs by. The session id is
+        // not a secret; credentials are never recorded. `rule` is filled in on a match.
+        let span = tracing::info_span!(
+            "request",
+            route = %route,
+            session = request
+                .headers()
+                .get(crate::halt::X_HALTGATE_SESSION)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| crate::session::SessionId::parse(v).is_ok())
+                .unwrap_or("-"),
+            rule = tracing::field::Empty,
+        );
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(target);
         let request = Request::from_parts(parts, body::boxed(body));
@@ -103,12 +126,14 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shutdown = self.shutdown.clone();
-        let forwarded = inner.oneshot(request);
+        let traffic = self.traffic.clone();
+        let forwarded = inner.oneshot(request).instrument(span);
         Box::pin(forwarded.map(move |result| {
             let response = match result {
                 Ok(response) => response,
                 Err(error) => rescue(&error).into_response(),
             };
+            traffic.count_request(&route, response.status());
             Ok(end_streams_on_shutdown(response, &shutdown))
         }))
     }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use haltgate::app::App;
 use haltgate::config::{Config, ConfigSpec, Overrides};
+use haltgate::operator::{self, ControlClient, Operation};
 
 #[derive(Parser)]
 #[command(
@@ -15,8 +16,42 @@ use haltgate::config::{Config, ConfigSpec, Overrides};
     about = "Halts agent sessions that lost access to their tools."
 )]
 struct Cli {
+    /// Log lines as text or as one JSON object per line (fields and span fields included).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "HALTGATE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr, filtered by `HALTGATE_LOG` (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HALTGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 // Parsed once per run; boxing the serve flags would buy nothing.
@@ -33,6 +68,67 @@ enum Command {
     /// Check or repair a redb store or outbox file (stop the proxy that uses it first).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Read, close and reopen sessions through the control API.
+    Sessions(Operator<SessionsCommand>),
+    /// List and unblock blocked credentials through the control API.
+    Credentials(Operator<CredentialsCommand>),
+    /// Read the event log through the control API.
+    Events(Operator<EventsCommand>),
+}
+
+/// Options of every command that talks to a running proxy's control API.
+#[derive(Args)]
+struct Operator<C: Subcommand> {
+    /// The control listener's URL.
+    #[arg(
+        long = "control",
+        value_name = "URL",
+        global = true,
+        env = "HALTGATE_CONTROL_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    control: String,
+    /// Print the API's JSON instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: C,
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Show a session.
+    Get { id: String },
+    /// Close a session (its wakeups are cancelled in the same step).
+    Close {
+        id: String,
+        /// Why, as recorded with the closure.
+        #[arg(long, default_value = "Closed by an operator.")]
+        reason: String,
+    },
+    /// Reopen a closed session at the next epoch.
+    Reopen { id: String },
+    /// List a session's pending wakeups.
+    Wakeups { id: String },
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// List blocked credentials (fingerprints, never the credentials).
+    List,
+    /// Unblock a credential by fingerprint.
+    Unblock { fingerprint: String },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print events from the oldest retained one (or after --after); --follow keeps waiting.
+    Tail {
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,20 +232,43 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HALTGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Rules(command) => rules(command),
         Command::Classify(args) => classify(args),
         Command::Store(command) => store(command),
+        Command::Sessions(args) => {
+            let operation = match args.command {
+                SessionsCommand::Get { ref id } => Operation::SessionGet(id.clone()),
+                SessionsCommand::Close { ref id, ref reason } => Operation::SessionClose {
+                    id: id.clone(),
+                    reason: reason.clone(),
+                },
+                SessionsCommand::Reopen { ref id } => Operation::SessionReopen(id.clone()),
+                SessionsCommand::Wakeups { ref id } => Operation::SessionWakeups(id.clone()),
+            };
+            operate(&args.control, args.json, operation)
+        }
+        Command::Credentials(args) => {
+            let operation = match args.command {
+                CredentialsCommand::List => Operation::CredentialsList,
+                CredentialsCommand::Unblock { ref fingerprint } => {
+                    Operation::CredentialUnblock(fingerprint.clone())
+                }
+            };
+            operate(&args.control, args.json, operation)
+        }
+        Command::Events(args) => {
+            let operation = match args.command {
+                EventsCommand::Tail { ref after, follow } => Operation::EventsTail {
+                    after: after.clone(),
+                    follow,
+                },
+            };
+            operate(&args.control, args.json, operation)
+        }
     };
     match result {
         Ok(code) => code,
@@ -158,6 +277,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs one operator command against the control API; the token comes from
+/// `HALTGATE_CONTROL_TOKEN`, never from a flag (flags show in process lists).
+fn operate(control: &str, as_json: bool, operation: Operation) -> anyhow::Result<ExitCode> {
+    let token = std::env::var("HALTGATE_CONTROL_TOKEN").ok();
+    let client = ControlClient::new(control, token)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut out = std::io::stdout().lock();
+    runtime.block_on(operator::run(&client, operation, as_json, &mut out))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -13,11 +13,12 @@ use crate::halt::{
     Admission, BoxFuture, HaltResponse, Matched, Outcome, Refusal, RequestInfo, ScopeUnavailable,
     SessionHeader, SessionHooks,
 };
+use crate::metrics::SessionStats;
 use crate::rules::Class;
 use crate::session::{
-    close_or_enqueue, CloseClass, CloseDisposition, ClosedSet, Closure, CredentialBlock,
-    CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId, SessionStore,
-    StoreError,
+    close_or_enqueue, CloseClass, CloseDisposition, CloseOutcome, ClosedSet, Closure,
+    CredentialBlock, CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId,
+    SessionStore, StoreError,
 };
 use crate::synthetic::SyntheticResponse;
 
@@ -32,6 +33,7 @@ pub struct SessionGate {
     key: OnceLock<CredentialKey>,
     /// Present for shared stores: keeps the deployment secret for a start without the store.
     local: Option<LocalCopy>,
+    stats: Arc<SessionStats>,
 }
 
 impl SessionGate {
@@ -46,6 +48,7 @@ impl SessionGate {
             outbox,
             key: OnceLock::new(),
             local: None,
+            stats: Arc::default(),
         }
     }
 
@@ -64,6 +67,16 @@ impl SessionGate {
 
     pub fn outbox(&self) -> Option<&Outbox> {
         self.outbox.as_ref()
+    }
+
+    /// Counters of closures, resets, blocks and store errors.
+    pub fn stats(&self) -> &Arc<SessionStats> {
+        &self.stats
+    }
+
+    /// Whether the deployment secret is loaded, so credentials can be fingerprinted.
+    pub fn credential_key_loaded(&self) -> bool {
+        self.key.get().is_some()
     }
 
     /// Ready once the closed set is bootstrapped and credentials can be fingerprinted.
@@ -158,19 +171,32 @@ impl SessionGate {
         let closure = closure.normalized()?;
         let local_epoch = self.closed.epoch_for(id, closure.epoch);
         self.closed.insert_closure(id, local_epoch, &closure);
+        let class = closure.class.clone();
         let disposition = match &self.outbox {
             Some(outbox) => {
-                let disposition =
-                    close_or_enqueue(&*self.store, outbox, id, closure.clone()).await?;
+                let disposition = close_or_enqueue(&*self.store, outbox, id, closure.clone())
+                    .await
+                    .inspect_err(|_| self.stats.count_store_error("close"))?;
                 if matches!(disposition, CloseDisposition::Stored(_)) {
                     self.confirm_replicated(outbox, id, closure);
                 }
                 disposition
             }
-            None => CloseDisposition::Stored(self.store.close(id, closure).await?),
+            None => self
+                .store
+                .close(id, closure)
+                .await
+                .map(CloseDisposition::Stored)
+                .inspect_err(|_| self.stats.count_store_error("close"))?,
         };
-        if let CloseDisposition::Stored(outcome) = &disposition {
-            self.closed.record_outcome(id, outcome);
+        match &disposition {
+            CloseDisposition::Stored(outcome) => {
+                if matches!(outcome, CloseOutcome::Closed { .. }) {
+                    self.stats.count_closure(class.as_str());
+                }
+                self.closed.record_outcome(id, outcome);
+            }
+            CloseDisposition::Queued { .. } => self.stats.count_closure(class.as_str()),
         }
         Ok(disposition)
     }
@@ -197,8 +223,15 @@ impl SessionGate {
 
     async fn block(&self, block: CredentialBlock) {
         self.closed.insert_block(&block);
-        if let Err(error) = self.store.block_credential(block).await {
-            tracing::error!(%error, "Credential block could not be stored; it holds on this instance.");
+        match self.store.block_credential(block).await {
+            Ok(true) => {
+                self.stats.credential_blocks.inc();
+            }
+            Ok(false) => {}
+            Err(error) => {
+                self.stats.count_store_error("block_credential");
+                tracing::error!(%error, "Credential block could not be stored; it holds on this instance.");
+            }
         }
     }
 
@@ -218,9 +251,13 @@ impl SessionGate {
                     .await
                 {
                     Ok(changed) => {
+                        if changed {
+                            self.stats.resume_resets.inc();
+                        }
                         tracing::info!(session = %session.id, rule = %rule, changed, "Resume id reset.")
                     }
                     Err(error) => {
+                        self.stats.count_store_error("reset_resume");
                         tracing::error!(session = %session.id, %error, "Resume id could not be reset.")
                     }
                 }

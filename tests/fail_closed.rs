@@ -377,7 +377,7 @@ async fn a_scope_that_cannot_be_read_closes_nothing() {
         assert_eq!(body["error"], "not_in_channel");
         assert!(app.gate().closed().check(&sid("scoped"), None).is_none());
     }
-    assert_eq!(app.stats().undecided.load(Ordering::Relaxed), 2);
+    assert_eq!(app.stats().undecided.get(), 2);
     fault.set(Fault::Pass);
     let (_, record) = control(&app, "GET", "/v1/sessions/scoped", None).await;
     assert_eq!(record["status"], "open", "nothing was replayed into Redis");

@@ -221,6 +221,8 @@ async fn planted_tokens_never_appear_in_logs_answers_or_state() {
             "/v1/credentials",
             "/v1/sessions/s-kick",
             "/v1/sessions/s-auth",
+            "/v1/events",
+            "/metrics",
         ] {
             let request = Request::get(format!("http://{control}{path}"))
                 .header("authorization", format!("Bearer {token}"))

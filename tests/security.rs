@@ -122,7 +122,13 @@ async fn control_api_requires_the_bearer_token_when_one_is_set() {
     let bearer = format!("Bearer {TOKEN}");
     let json = ("content-type", "application/json");
 
-    for path in ["/v1/stats", "/v1/credentials", "/v1/sessions/s1"] {
+    for path in [
+        "/v1/stats",
+        "/metrics",
+        "/v1/events",
+        "/v1/credentials",
+        "/v1/sessions/s1",
+    ] {
         let (status, headers) = status_of(control_request(&proxy, "GET", path, &[], "")).await;
         assert_eq!(status, 401, "{path}");
         assert!(headers["www-authenticate"]

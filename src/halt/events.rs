@@ -85,7 +85,7 @@ impl InspectEvents {
                 scope: Scope::Known(None),
             };
             if let Verdict::Decided(decision) = rules.classify(&exchange) {
-                note_shadow(&decision, request, status, stats);
+                note_shadow(&rules, &decision, request, status, stats);
                 if decision.class != Class::Pass {
                     found = Some((decision, excerpt(data)));
                 }
@@ -108,6 +108,7 @@ impl Body for InspectEvents {
             let outcome = std::task::ready!(acting.as_mut().poll(cx));
             this.acting = None;
             if let Outcome::Halt(halt) = outcome {
+                this.shared.stats.count_halt(&halt.class);
                 this.inner = None;
                 this.closing = Some(halt.to_sse_event());
             }

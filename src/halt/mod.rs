@@ -53,5 +53,6 @@ pub use layer::HaltLayer;
 pub use response::{
     HaltResponse, HALT_STATUS, X_HALTGATE_ACTION, X_HALTGATE_HALT, X_HALTGATE_RULE,
 };
+pub(crate) use service::excerpt;
 pub use service::{session_header, Halt, X_HALTGATE_EPOCH, X_HALTGATE_SESSION};
-pub use stats::HaltStats;
+pub use stats::{ClassLabel, HaltStats, MatchLabels};

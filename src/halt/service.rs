@@ -10,6 +10,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::body::{Capture, CapturedPrefix, Replay};
 use super::events::InspectEvents;
@@ -206,16 +207,19 @@ impl Pending {
 async fn answer(refusal: Refusal, shared: Arc<Shared>) -> Result<Response<ProxyBody>, BoxError> {
     let response = match refusal {
         Refusal::Halt(halt) => {
-            HaltStats::bump(&shared.stats.short_circuited);
+            shared.stats.short_circuited.inc();
+            tracing::Span::current().record("rule", halt.rule.as_str());
             halt.into_response()
         }
         Refusal::HaltAfter(halt) => {
-            HaltStats::bump(&shared.stats.short_circuited);
-            halt.await.into_response()
+            shared.stats.short_circuited.inc();
+            let halt = halt.await;
+            tracing::Span::current().record("rule", halt.rule.as_str());
+            halt.into_response()
         }
         Refusal::Error(error) => {
             if error.kind == "not_ready" {
-                HaltStats::bump(&shared.stats.not_ready);
+                shared.stats.not_ready.inc();
             }
             error.into_response()
         }
@@ -294,9 +298,10 @@ async fn inspect(
         Buffered::read(&mut body, limit).await
     };
     let complete = buffered.complete();
-    if complete.is_none() {
-        HaltStats::bump(&shared.stats.uninspected);
-    }
+    match complete {
+        Some(_) => shared.stats.inspected.inc(),
+        None => shared.stats.uninspected.inc(),
+    };
     let response_body = match &complete {
         Some(bytes) => ResponseBody::Complete(bytes),
         None => ResponseBody::Uninspected,
@@ -326,7 +331,10 @@ async fn inspect(
     )
     .await
     {
-        Outcome::Halt(halt) => halt.into_response(),
+        Outcome::Halt(halt) => {
+            shared.stats.count_halt(&halt.class);
+            halt.into_response()
+        }
         Outcome::Forward { action } => {
             if let Some(action) = action {
                 parts
@@ -377,7 +385,7 @@ async fn decide(
                     Err(unavailable) => {
                         // Unknown is not absent: a rule that compares with the scope cannot
                         // decide, so nothing is closed on a guess.
-                        HaltStats::bump(&shared.stats.undecided);
+                        shared.stats.undecided.inc();
                         tracing::warn!(
                             provider = %request.provider,
                             session = %session.id,
@@ -397,18 +405,27 @@ async fn decide(
             }
         }
     };
-    note_shadow(&decision, request, parts.status.as_u16(), &shared.stats);
+    note_shadow(
+        rules,
+        &decision,
+        request,
+        parts.status.as_u16(),
+        &shared.stats,
+    );
     (decision.class != Class::Pass).then_some(decision)
 }
 
 pub(crate) fn note_shadow(
+    rules: &RuleSet,
     decision: &Decision,
     request: &RequestSnapshot,
     status: u16,
     stats: &HaltStats,
 ) {
     for rule in &decision.shadow {
-        HaltStats::bump(&stats.shadow_matched);
+        stats.shadow_matched.inc();
+        let class = rules.class_of(&request.provider, rule);
+        stats.count_match(rule, class.map_or("-", Class::as_str), "shadow");
         tracing::info!(
             provider = %request.provider,
             rule = %rule,
@@ -430,7 +447,13 @@ pub(crate) fn act(
     detail: String,
     shared: &Shared,
 ) -> impl Future<Output = Outcome> + Send + 'static {
-    HaltStats::bump(&shared.stats.matched);
+    shared.stats.matched.inc();
+    tracing::Span::current().record("rule", decision.rule.as_deref().unwrap_or("-"));
+    shared.stats.count_match(
+        decision.rule.as_deref().unwrap_or("-"),
+        decision.class.as_str(),
+        "enforce",
+    );
     let query = request
         .path_and_query
         .split_once('?')
@@ -447,15 +470,21 @@ pub(crate) fn act(
         upstream_status,
         "Rule matched."
     );
-    let task = tokio::spawn(shared.hooks.on_match(Matched {
-        provider: request.provider.clone(),
-        session: request.session.clone(),
-        decision,
-        upstream_status,
-        started_ms: request.started_ms,
-        credentials,
-        detail,
-    }));
+    // The hook's own logs (closure stored, store errors) keep the request's span.
+    let task = tokio::spawn(
+        shared
+            .hooks
+            .on_match(Matched {
+                provider: request.provider.clone(),
+                session: request.session.clone(),
+                decision,
+                upstream_status,
+                started_ms: request.started_ms,
+                credentials,
+                detail,
+            })
+            .instrument(tracing::Span::current()),
+    );
     async move {
         task.await.unwrap_or_else(|error| {
             tracing::error!(%error, "Match hook failed; the response goes through.");

@@ -1,36 +1,114 @@
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
-/// Counters of the halt layer, read by the control API.
+/// One rule's matches, by what it decided and whether it acted (`enforce`) or only logged
+/// (`shadow`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MatchLabels {
+    pub rule: String,
+    pub class: String,
+    pub mode: &'static str,
+}
+
+/// Labels of a count kept per decision class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: String,
+}
+
+/// Counters of the halt layer, read by `/v1/stats` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct HaltStats {
     /// Responses a rule decided (enforce mode).
-    pub matched: AtomicU64,
+    pub matched: Counter,
     /// Matches of shadow rules (logged, never acted on).
-    pub shadow_matched: AtomicU64,
+    pub shadow_matched: Counter,
+    /// Matches by rule, class and mode.
+    pub matches: Family<MatchLabels, Counter>,
+    /// Responses replaced by a halt response after a match, by class.
+    pub halts: Family<ClassLabel, Counter>,
     /// Requests answered with a halt response before reaching upstream.
-    pub short_circuited: AtomicU64,
+    pub short_circuited: Counter,
+    /// Responses whose body was read whole and given to the rules.
+    pub inspected: Counter,
     /// Responses whose body was larger than `max_body_bytes` and passed uninspected.
-    pub uninspected: AtomicU64,
+    pub uninspected: Counter,
     /// Responses a rule could not decide because state it depends on (the session scope)
     /// could not be read; they passed unchanged and nothing was closed.
-    pub undecided: AtomicU64,
+    pub undecided: Counter,
     /// Requests refused with `not_ready` because the session state was not loaded.
-    pub not_ready: AtomicU64,
+    pub not_ready: Counter,
 }
 
 impl HaltStats {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_match(&self, rule: &str, class: &str, mode: &'static str) {
+        self.matches
+            .get_or_create(&MatchLabels {
+                rule: rule.to_owned(),
+                class: class.to_owned(),
+                mode,
+            })
+            .inc();
+    }
+
+    pub(crate) fn count_halt(&self, class: &str) {
+        self.halts
+            .get_or_create(&ClassLabel {
+                class: class.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Adds every counter to `registry` (the counters are shared, not copied).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "rule_matches",
+            "Rule matches by rule, class and mode (enforce or shadow)",
+            self.matches.clone(),
+        );
+        registry.register(
+            "halts",
+            "Upstream responses replaced by a halt response, by class",
+            self.halts.clone(),
+        );
+        registry.register(
+            "short_circuits",
+            "Requests answered with a halt response without contacting the upstream",
+            self.short_circuited.clone(),
+        );
+        registry.register(
+            "bodies_inspected",
+            "Response bodies read whole and given to the rules",
+            self.inspected.clone(),
+        );
+        registry.register(
+            "bodies_uninspected",
+            "Response bodies larger than max_body_bytes, passed on uninspected",
+            self.uninspected.clone(),
+        );
+        registry.register(
+            "bodies_undecided",
+            "Responses a scope rule could not decide because the scope could not be read",
+            self.undecided.clone(),
+        );
+        registry.register(
+            "not_ready",
+            "Requests refused because the session state was not loaded yet",
+            self.not_ready.clone(),
+        );
     }
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "matched": self.matched.load(Ordering::Relaxed),
-            "shadow_matched": self.shadow_matched.load(Ordering::Relaxed),
-            "short_circuited": self.short_circuited.load(Ordering::Relaxed),
-            "uninspected": self.uninspected.load(Ordering::Relaxed),
-            "undecided": self.undecided.load(Ordering::Relaxed),
-            "not_ready": self.not_ready.load(Ordering::Relaxed),
+            "matched": self.matched.get(),
+            "shadow_matched": self.shadow_matched.get(),
+            "short_circuited": self.short_circuited.get(),
+            "inspected": self.inspected.get(),
+            "uninspected": self.uninspected.get(),
+            "undecided": self.undecided.get(),
+            "not_ready": self.not_ready.get(),
         })
     }
 }

@@ -184,6 +184,15 @@ impl RuleSet {
         })
     }
 
+    /// The class a rule of `provider` decides, e.g. to label a shadow match.
+    pub fn class_of(&self, provider: &str, id: &str) -> Option<Class> {
+        self.provider(provider)?
+            .rules
+            .iter()
+            .find(|rule| &*rule.id == id)
+            .map(|rule| rule.class)
+    }
+
     fn provider(&self, name: &str) -> Option<&ProviderRules> {
         self.providers
             .binary_search_by(|provider| (*provider.name).cmp(name))

@@ -70,7 +70,8 @@ pub use local_copy::{LoadedCopy, LocalCopy};
 pub use model::{
     unix_ms_now, AddWakeup, ClaimedWakeup, CloseClass, CloseOutcome, Closure, ClosureInfo,
     InvalidSessionId, OpenSpec, SessionId, SessionRecord, SessionStatus, Wakeup, MAX_DETAIL_BYTES,
-    MAX_EXACT_INTEGER, MAX_PAYLOAD_BYTES, MAX_RESUME_BYTES, MAX_RULE_BYTES, MAX_SCOPE_BYTES,
+    MAX_EXACT_INTEGER, MAX_LEASE_MS, MAX_PAYLOAD_BYTES, MAX_RESUME_BYTES, MAX_RULE_BYTES,
+    MAX_SCOPE_BYTES,
 };
 pub use outbox::{
     close_or_enqueue, CloseDisposition, DeadLetter, Outbox, OutboxEntry, RelayConfig,
@@ -146,6 +147,25 @@ pub trait SessionStore: Send + Sync + 'static {
         now_ms: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<ClaimedWakeup>, StoreError>>;
+
+    /// Leases up to `limit` wakeups with `due_ms <= now_ms` for `lease_ms`: each is handed out
+    /// and its due time moved to `now_ms + lease_ms`, so one not acknowledged
+    /// ([`SessionStore::ack_wakeup`]) by then is handed out again (at-least-once delivery).
+    /// Never one of a closed session: the status check and the lease are one atomic step,
+    /// and closing removes leased wakeups with the pending ones.
+    fn lease_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedWakeup>, StoreError>>;
+
+    /// Removes a wakeup of `id` (a leased one whose work is done); true if it was there.
+    fn ack_wakeup(
+        &self,
+        id: &SessionId,
+        wakeup_id: &str,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
 
     /// Blocks a credential; true if it was not blocked before (then a `CredentialBlocked`
     /// event is appended).

@@ -488,12 +488,27 @@ pub enum AddWakeup {
     SessionClosed,
 }
 
-/// A due wakeup handed out by [`SessionStore::claim_due`](super::SessionStore::claim_due).
-/// It is already removed from the store: the claimer owns it.
+/// A due wakeup handed out by [`SessionStore::claim_due`](super::SessionStore::claim_due)
+/// (already removed from the store: the claimer owns it) or by
+/// [`SessionStore::lease_due`](super::SessionStore::lease_due) (kept until acknowledged).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedWakeup {
     pub wakeup: Wakeup,
     pub claimed_at_ms: u64,
+    /// For a lease: when the wakeup is due again unless acknowledged first.
+    pub leased_until_ms: Option<u64>,
+}
+
+/// Longest lease of a wakeup: a day.
+pub const MAX_LEASE_MS: u64 = 24 * 60 * 60 * 1000;
+
+pub(crate) fn check_lease(lease_ms: u64) -> Result<(), StoreError> {
+    if lease_ms == 0 || lease_ms > MAX_LEASE_MS {
+        return Err(StoreError::invalid(format!(
+            "lease_ms must be between 1 and {MAX_LEASE_MS}"
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_payload(payload: &serde_json::Value) -> Result<String, StoreError> {

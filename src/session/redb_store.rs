@@ -31,8 +31,9 @@ use super::event::{
 };
 use super::mark_row::MarkRow;
 use super::model::{
-    check_exact, check_payload, check_rule, new_wakeup_id, unix_ms_now, AddWakeup, ClaimedWakeup,
-    CloseOutcome, Closure, ClosureInfo, OpenSpec, SessionId, SessionRecord, SessionStatus, Wakeup,
+    check_exact, check_lease, check_payload, check_rule, new_wakeup_id, unix_ms_now, AddWakeup,
+    ClaimedWakeup, CloseOutcome, Closure, ClosureInfo, OpenSpec, SessionId, SessionRecord,
+    SessionStatus, Wakeup,
 };
 use super::redb_file::{
     each_row, open_or_create, DamageLatch, Depth, FileKind, FileLayout, RowReport,
@@ -731,8 +732,24 @@ impl Inner {
         Ok(found)
     }
 
-    fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<ClaimedWakeup>, StoreError> {
+    /// Hands out due wakeups: removed (`lease_ms` `None`), or kept with their due time moved
+    /// to the end of the lease.
+    fn claim_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: Option<u64>,
+    ) -> Result<Vec<ClaimedWakeup>, StoreError> {
         check_exact("now_ms", now_ms)?;
+        let leased_until = match lease_ms {
+            Some(lease_ms) => {
+                check_lease(lease_ms)?;
+                let until = now_ms + lease_ms;
+                check_exact("lease end", until)?;
+                Some(until)
+            }
+            None => None,
+        };
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -780,6 +797,20 @@ impl Inner {
                 ) else {
                     continue;
                 };
+                if let Some(until) = leased_until {
+                    let leased = StoredWakeup {
+                        due_ms: until,
+                        payload: stored.payload.clone(),
+                    };
+                    wakeups
+                        .insert(
+                            (session.as_str(), wakeup_id.as_str()),
+                            encode(&leased).as_slice(),
+                        )
+                        .map_err(db_err)?;
+                    due.insert((until, wakeup_id.as_str()), session.as_str())
+                        .map_err(db_err)?;
+                }
                 claimed.push(ClaimedWakeup {
                     wakeup: Wakeup {
                         id: wakeup_id,
@@ -789,9 +820,27 @@ impl Inner {
                         payload: stored.payload,
                     },
                     claimed_at_ms: now_ms,
+                    leased_until_ms: leased_until,
                 });
             }
             Ok(claimed)
+        })
+    }
+
+    fn ack_wakeup(&self, id: &SessionId, wakeup_id: &str) -> Result<bool, StoreError> {
+        self.write(|txn, _| {
+            let mut wakeups = txn.open_table(WAKEUPS).map_err(db_err)?;
+            let Some(removed) = wakeups
+                .remove((id.as_str(), wakeup_id))
+                .map_err(db_err)?
+                .map(|g| decode::<StoredWakeup>("wakeup", g.value()))
+                .transpose()?
+            else {
+                return Ok(false);
+            };
+            let mut due = txn.open_table(DUE).map_err(db_err)?;
+            due.remove((removed.due_ms, wakeup_id)).map_err(db_err)?;
+            Ok(true)
         })
     }
 
@@ -1179,7 +1228,25 @@ impl SessionStore for RedbStore {
         now_ms: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<ClaimedWakeup>, StoreError>> {
-        Box::pin(self.writing(move |inner| inner.claim_due(now_ms, limit)))
+        Box::pin(self.writing(move |inner| inner.claim_due(now_ms, limit, None)))
+    }
+
+    fn lease_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedWakeup>, StoreError>> {
+        Box::pin(self.writing(move |inner| inner.claim_due(now_ms, limit, Some(lease_ms))))
+    }
+
+    fn ack_wakeup(
+        &self,
+        id: &SessionId,
+        wakeup_id: &str,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let (id, wakeup_id) = (id.clone(), wakeup_id.to_owned());
+        Box::pin(self.writing(move |inner| inner.ack_wakeup(&id, &wakeup_id)))
     }
 
     fn block_credential(&self, block: CredentialBlock) -> BoxFuture<'_, Result<bool, StoreError>> {

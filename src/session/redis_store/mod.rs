@@ -34,9 +34,9 @@ use super::credential::{generate_secret, CredentialBlock, Fingerprint};
 use super::error::StoreError;
 use super::event::{CredentialMark, EventCursor, EventPage, Notice, Snapshot};
 use super::model::{
-    check_exact, check_payload, check_rule, hex, new_wakeup_id, unix_ms_now, AddWakeup,
-    ClaimedWakeup, CloseOutcome, Closure, OpenSpec, SessionId, SessionRecord, SessionStatus,
-    Wakeup,
+    check_exact, check_lease, check_payload, check_rule, hex, new_wakeup_id, unix_ms_now,
+    AddWakeup, ClaimedWakeup, CloseOutcome, Closure, OpenSpec, SessionId, SessionRecord,
+    SessionStatus, Wakeup,
 };
 use super::store_url::redact;
 use super::{BoxFuture, SessionStore};
@@ -578,10 +578,16 @@ impl Inner {
         sid: &str,
         now_ms: u64,
         max: usize,
+        leased_until: Option<u64>,
     ) -> Result<Vec<ClaimedWakeup>, StoreError> {
         let id =
             SessionId::parse(sid).map_err(|e| StoreError::corrupt(format!("due index: {e}")))?;
-        let args = [sid.to_owned(), now_ms.to_string(), max.to_string()];
+        let args = [
+            sid.to_owned(),
+            now_ms.to_string(),
+            max.to_string(),
+            leased_until.unwrap_or(0).to_string(),
+        ];
         let reply: Value = self
             .eval(&scripts().claim_session, &self.wakeup_keys(p, sid), &args)
             .await?;
@@ -606,13 +612,30 @@ impl Inner {
                         .unwrap_or(serde_json::Value::String(payload)),
                 },
                 claimed_at_ms: now_ms,
+                leased_until_ms: leased_until,
             });
         }
         Ok(claimed)
     }
 
-    async fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<ClaimedWakeup>, StoreError> {
+    /// Hands out due wakeups: removed (`lease_ms` `None`), or kept with their due time moved
+    /// to the end of the lease.
+    async fn claim_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: Option<u64>,
+    ) -> Result<Vec<ClaimedWakeup>, StoreError> {
         check_exact("now_ms", now_ms)?;
+        let leased_until = match lease_ms {
+            Some(lease_ms) => {
+                check_lease(lease_ms)?;
+                let until = now_ms + lease_ms;
+                check_exact("lease end", until)?;
+                Some(until)
+            }
+            None => None,
+        };
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -646,7 +669,7 @@ impl Inner {
                 break;
             }
             let max = limit - claimed.len();
-            match self.claim_session(p, &sid, now_ms, max).await {
+            match self.claim_session(p, &sid, now_ms, max, leased_until).await {
                 Ok(wakeups) => claimed.extend(wakeups),
                 // What earlier scripts claimed is already removed from Redis: hand it out
                 // rather than lose it with the error.
@@ -658,6 +681,16 @@ impl Inner {
             }
         }
         Ok(claimed)
+    }
+
+    async fn ack_wakeup(&self, id: &SessionId, wakeup_id: &str) -> Result<bool, StoreError> {
+        let sid = id.as_str();
+        let p = partition_of(sid);
+        let args = [sid.to_owned(), wakeup_id.to_owned()];
+        let removed: i64 = self
+            .eval(&scripts().ack_wakeup, &self.wakeup_keys(p, sid), &args)
+            .await?;
+        Ok(removed == 1)
     }
 
     async fn block_credential(&self, block: CredentialBlock) -> Result<bool, StoreError> {
@@ -1005,7 +1038,25 @@ impl SessionStore for RedisStore {
         now_ms: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<ClaimedWakeup>, StoreError>> {
-        Box::pin(self.inner.claim_due(now_ms, limit))
+        Box::pin(self.inner.claim_due(now_ms, limit, None))
+    }
+
+    fn lease_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedWakeup>, StoreError>> {
+        Box::pin(self.inner.claim_due(now_ms, limit, Some(lease_ms)))
+    }
+
+    fn ack_wakeup(
+        &self,
+        id: &SessionId,
+        wakeup_id: &str,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let (id, wakeup_id) = (id.clone(), wakeup_id.to_owned());
+        Box::pin(async move { self.inner.ack_wakeup(&id, &wakeup_id).await })
     }
 
     fn block_credential(&self, block: CredentialBlock) -> BoxFuture<'_, Result<bool, StoreError>> {
