@@ -363,7 +363,12 @@ async fn a_scope_that_cannot_be_read_closes_nothing() {
     .await;
     assert_eq!(status, 200);
 
-    for fault_kind in [Fault::Blackhole, Fault::Refuse] {
+    for fault_kind in [
+        Fault::Blackhole,
+        Fault::Refuse,
+        Fault::Delay(Duration::from_millis(1500)),
+        Fault::Reset,
+    ] {
         fault.set(fault_kind);
         // A write to another channel failed: only the scope could say whether this
         // session's channel is gone, and the scope cannot be read.
@@ -377,7 +382,7 @@ async fn a_scope_that_cannot_be_read_closes_nothing() {
         assert_eq!(body["error"], "not_in_channel");
         assert!(app.gate().closed().check(&sid("scoped"), None).is_none());
     }
-    assert_eq!(app.stats().undecided.get(), 2);
+    assert_eq!(app.stats().undecided.get(), 4);
     fault.set(Fault::Pass);
     let (_, record) = control(&app, "GET", "/v1/sessions/scoped", None).await;
     assert_eq!(record["status"], "open", "nothing was replayed into Redis");
