@@ -52,17 +52,6 @@ fn post_message(proxy: &TestProxy, session: &str, mode: &str) -> Request<body::P
     .unwrap()
 }
 
-async fn open_session(proxy: &TestProxy, id: &str) {
-    let (status, record) = control(
-        proxy,
-        "PUT",
-        &format!("/v1/sessions/{id}"),
-        Some(json!({"scope": {"slack_channel": CHANNEL}})),
-    )
-    .await;
-    assert_eq!(status, 200, "{record}");
-}
-
 /// `/metrics` parsed with a Prometheus text parser.
 struct Scrape(prometheus_parse::Scrape);
 

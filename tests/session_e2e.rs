@@ -53,18 +53,6 @@ async fn slack_proxy(upstream: &Upstream, store: Option<String>) -> TestProxy {
     proxy
 }
 
-async fn open_session(proxy: &TestProxy, id: &str) -> Value {
-    let (status, record) = control(
-        proxy,
-        "PUT",
-        &format!("/v1/sessions/{id}"),
-        Some(json!({"scope": {"slack_channel": CHANNEL}})),
-    )
-    .await;
-    assert_eq!(status, 200, "{record}");
-    record
-}
-
 #[tokio::test]
 async fn not_in_channel_closes_the_session_cancels_wakeups_and_halts_every_later_call() {
     let upstream = start_upstream(slack_upstream()).await;

@@ -502,6 +502,18 @@ pub struct ClaimedWakeup {
 /// Longest lease of a wakeup: a day.
 pub const MAX_LEASE_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// When a lease taken at `now_ms` for `lease_ms` ends (`None`: claimed without a lease).
+pub(crate) fn lease_end(now_ms: u64, lease_ms: Option<u64>) -> Result<Option<u64>, StoreError> {
+    check_exact("now_ms", now_ms)?;
+    let Some(lease_ms) = lease_ms else {
+        return Ok(None);
+    };
+    check_lease(lease_ms)?;
+    let until = now_ms + lease_ms;
+    check_exact("lease end", until)?;
+    Ok(Some(until))
+}
+
 pub(crate) fn check_lease(lease_ms: u64) -> Result<(), StoreError> {
     if lease_ms == 0 || lease_ms > MAX_LEASE_MS {
         return Err(StoreError::invalid(format!(

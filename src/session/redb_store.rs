@@ -31,7 +31,7 @@ use super::event::{
 };
 use super::mark_row::MarkRow;
 use super::model::{
-    check_exact, check_lease, check_payload, check_rule, new_wakeup_id, unix_ms_now, AddWakeup,
+    check_exact, check_payload, check_rule, lease_end, new_wakeup_id, unix_ms_now, AddWakeup,
     ClaimedWakeup, CloseOutcome, Closure, ClosureInfo, OpenSpec, SessionId, SessionRecord,
     SessionStatus, Wakeup,
 };
@@ -740,16 +740,7 @@ impl Inner {
         limit: usize,
         lease_ms: Option<u64>,
     ) -> Result<Vec<ClaimedWakeup>, StoreError> {
-        check_exact("now_ms", now_ms)?;
-        let leased_until = match lease_ms {
-            Some(lease_ms) => {
-                check_lease(lease_ms)?;
-                let until = now_ms + lease_ms;
-                check_exact("lease end", until)?;
-                Some(until)
-            }
-            None => None,
-        };
+        let leased_until = lease_end(now_ms, lease_ms)?;
         if limit == 0 {
             return Ok(Vec::new());
         }

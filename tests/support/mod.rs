@@ -417,3 +417,16 @@ pub async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Registers (or reopens) a session scoped to the stand-in's Slack channel; the record.
+pub async fn open_session(app: &App, id: &str) -> Value {
+    let (status, record) = control(
+        app,
+        "PUT",
+        &format!("/v1/sessions/{id}"),
+        Some(json!({"scope": {"slack_channel": CHANNEL}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{record}");
+    record
+}

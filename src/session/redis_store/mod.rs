@@ -34,9 +34,9 @@ use super::credential::{generate_secret, CredentialBlock, Fingerprint};
 use super::error::StoreError;
 use super::event::{CredentialMark, EventCursor, EventPage, Notice, Snapshot};
 use super::model::{
-    check_exact, check_lease, check_payload, check_rule, hex, new_wakeup_id, unix_ms_now,
-    AddWakeup, ClaimedWakeup, CloseOutcome, Closure, OpenSpec, SessionId, SessionRecord,
-    SessionStatus, Wakeup,
+    check_exact, check_payload, check_rule, hex, lease_end, new_wakeup_id, unix_ms_now, AddWakeup,
+    ClaimedWakeup, CloseOutcome, Closure, OpenSpec, SessionId, SessionRecord, SessionStatus,
+    Wakeup,
 };
 use super::store_url::redact;
 use super::{BoxFuture, SessionStore};
@@ -626,16 +626,7 @@ impl Inner {
         limit: usize,
         lease_ms: Option<u64>,
     ) -> Result<Vec<ClaimedWakeup>, StoreError> {
-        check_exact("now_ms", now_ms)?;
-        let leased_until = match lease_ms {
-            Some(lease_ms) => {
-                check_lease(lease_ms)?;
-                let until = now_ms + lease_ms;
-                check_exact("lease end", until)?;
-                Some(until)
-            }
-            None => None,
-        };
+        let leased_until = lease_end(now_ms, lease_ms)?;
         if limit == 0 {
             return Ok(Vec::new());
         }
