@@ -78,7 +78,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if let Some(refusal) = self.refusal(&request) {
             let response = refusal.into_response();
-            self.traffic.count_request("-", response.status());
+            self.traffic.count_unrouted(response.status());
             return Box::pin(async move { Ok(response) });
         }
         let path_and_query = request
@@ -100,7 +100,7 @@ where
                     }
                 };
                 let response = refusal.into_response();
-                self.traffic.count_request("-", response.status());
+                self.traffic.count_unrouted(response.status());
                 return Box::pin(async move { Ok(response) });
             }
         };
@@ -114,7 +114,7 @@ where
                 .headers()
                 .get(crate::halt::X_HALTGATE_SESSION)
                 .and_then(|v| v.to_str().ok())
-                .filter(|v| crate::session::SessionId::parse(v).is_ok())
+                .filter(|v| crate::session::SessionId::check(v).is_ok())
                 .unwrap_or("-"),
             rule = tracing::field::Empty,
         );

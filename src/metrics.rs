@@ -6,6 +6,7 @@
 //! time. Labels never carry a session id or a credential: routes, rules, classes and store
 //! operations are few and fixed by configuration.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,17 +21,18 @@ use crate::halt::{ClassLabel, HaltStats};
 /// Content type of the text exposition `prometheus-client` writes.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+// Route labels share the route's own name (`Arc<str>`), so counting allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Route name; `-` for requests no route took (refused or unknown).
-    pub route: String,
+    pub route: Arc<str>,
     /// `2xx`, `4xx`, …
     pub status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
-    pub route: String,
+    pub route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +46,8 @@ pub struct TrafficStats {
     pub requests: Family<RequestLabels, Counter>,
     /// Seconds from sending a request upstream to its response headers.
     pub upstream_latency: Family<RouteLabel, Histogram>,
+    /// The route label of requests no route took.
+    unrouted: Arc<str>,
 }
 
 impl Default for TrafficStats {
@@ -54,12 +58,17 @@ impl Default for TrafficStats {
             upstream_latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 17))
             }),
+            unrouted: Arc::from("-"),
         }
     }
 }
 
 impl TrafficStats {
-    pub fn count_request(&self, route: &str, status: http::StatusCode) {
+    pub fn count_unrouted(&self, status: http::StatusCode) {
+        self.count_request(&self.unrouted, status);
+    }
+
+    pub fn count_request(&self, route: &Arc<str>, status: http::StatusCode) {
         let status_class = match status.as_u16() {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -69,16 +78,16 @@ impl TrafficStats {
         };
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
+                route: route.clone(),
                 status_class,
             })
             .inc();
     }
 
-    pub fn observe_upstream(&self, route: &str, took: Duration) {
+    pub fn observe_upstream(&self, route: &Arc<str>, took: Duration) {
         self.upstream_latency
             .get_or_create(&RouteLabel {
-                route: route.to_owned(),
+                route: route.clone(),
             })
             .observe(took.as_secs_f64());
     }

@@ -690,7 +690,6 @@ struct Server {
 
 impl Server {
     fn start(dir: &std::path::Path, upstream: &Upstream) -> Self {
-        use std::io::Read;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haltgate"))
             .current_dir(dir)
             .args(["--log-format", "json", "serve"])
@@ -707,20 +706,7 @@ impl Server {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("haltgate starts");
-        let mut pipe = child.stderr.take().unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = collect_stderr(&mut child);
         Self { child, stderr }
     }
 

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -63,20 +62,7 @@ impl Server {
             command.arg("--route").arg(format!("{name}={url}"));
         }
         let mut child = command.spawn().expect("haltgate starts");
-        let mut pipe = child.stderr.take().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = collect_stderr(&mut child);
         Self { child, stderr }
     }
 

@@ -49,6 +49,12 @@ impl SessionId {
     pub const MAX_LEN: usize = 256;
 
     pub fn parse(raw: &str) -> Result<Self, InvalidSessionId> {
+        Self::check(raw)?;
+        Ok(SessionId(Arc::from(raw)))
+    }
+
+    /// What [`SessionId::parse`] checks, without building the id.
+    pub fn check(raw: &str) -> Result<(), InvalidSessionId> {
         if raw.is_empty() {
             return Err(InvalidSessionId("empty"));
         }
@@ -60,7 +66,7 @@ impl SessionId {
                 "only visible ASCII characters are allowed (no spaces or control characters)",
             ));
         }
-        Ok(SessionId(Arc::from(raw)))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {

@@ -430,3 +430,23 @@ pub async fn open_session(app: &App, id: &str) -> Value {
     assert_eq!(status, 200, "{record}");
     record
 }
+
+/// Everything a child process writes to its (piped) stderr, gathered by a thread as it comes.
+pub fn collect_stderr(child: &mut std::process::Child) -> Arc<Mutex<String>> {
+    use std::io::Read;
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let collected = Arc::new(Mutex::new(String::new()));
+    let sink = collected.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    collected
+}
