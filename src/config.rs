@@ -285,8 +285,10 @@ impl Config {
                 .unwrap_or(DEFAULT_CONTROL_MAX_CONNECTIONS),
             ..limits.clone()
         };
-        if control_limits.max_connections == 0 {
-            errors.push("limits.control_max_connections must be at least 1".to_owned());
+        if !(1..=MAX_CONNECTIONS).contains(&control_limits.max_connections) {
+            errors.push(format!(
+                "limits.control_max_connections must be between 1 and {MAX_CONNECTIONS}"
+            ));
         }
         let control = resolve_control(
             spec.control,
@@ -357,13 +359,22 @@ impl Config {
 
 pub const DEFAULT_CONTROL_MAX_CONNECTIONS: usize = 64;
 
+/// Most connections a listener may hold: each is a semaphore permit, and far more than any
+/// host's descriptors allow.
+const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// Longest `limits.*` duration: deadlines are computed as now + limit, which must not overflow.
+const MAX_LIMIT_DURATION: Duration = Duration::from_secs(86_400);
+
 fn resolve_limits(spec: &LimitsSpec, errors: &mut Vec<String>) -> Limits {
     let defaults = Limits::default();
     let mut duration = |field: &str, value: &Option<String>, default: Duration| match value {
         None => default,
         Some(text) => match parse_duration(text) {
-            Ok(value) if value.is_zero() => {
-                errors.push(format!("limits.{field} must be longer than zero"));
+            Ok(value) if value.is_zero() || value > MAX_LIMIT_DURATION => {
+                errors.push(format!(
+                    "limits.{field} must be longer than zero and at most a day"
+                ));
                 default
             }
             Ok(value) => value,
@@ -400,8 +411,10 @@ fn resolve_limits(spec: &LimitsSpec, errors: &mut Vec<String>) -> Limits {
             .h2_max_resets_per_10s
             .unwrap_or(defaults.h2_max_resets_per_10s),
     };
-    if limits.max_connections == 0 {
-        errors.push("limits.max_connections must be at least 1".to_owned());
+    if !(1..=MAX_CONNECTIONS).contains(&limits.max_connections) {
+        errors.push(format!(
+            "limits.max_connections must be between 1 and {MAX_CONNECTIONS}"
+        ));
     }
     limits
 }

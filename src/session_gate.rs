@@ -20,7 +20,6 @@ use crate::session::{
     CredentialBlock, CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId,
     SessionStore, StoreError,
 };
-use crate::synthetic::SyntheticResponse;
 
 /// The session state one proxy instance acts through, shared by the halt layer and the
 /// control API.
@@ -338,7 +337,7 @@ impl SessionHooks for Arc<SessionGate> {
                 || Presented::body_may_carry(request.headers)
                 || !Presented::in_head(request.headers, request.query).is_empty();
             return if identified {
-                Admission::Refuse(Refusal::Error(SyntheticResponse::not_ready()))
+                Admission::Refuse(Refusal::NotReady)
             } else {
                 Admission::Forward
             };
@@ -357,7 +356,7 @@ impl SessionHooks for Arc<SessionGate> {
             return Admission::Forward;
         }
         let Some(key) = self.key.get() else {
-            return Admission::Refuse(Refusal::Error(SyntheticResponse::not_ready()));
+            return Admission::Refuse(Refusal::NotReady);
         };
         let mut presented = Presented::in_head(request.headers, request.query);
         if let Some(body) = request.body {

@@ -89,6 +89,24 @@ impl SyntheticResponse {
         )
     }
 
+    /// A credential is blocked and this request's body may carry one, but the body cannot be
+    /// read through to check it (too large, or encoded): refused rather than forwarded unseen.
+    pub fn body_not_checkable(why: &str) -> Self {
+        let status = if why == "encoded" {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        } else {
+            StatusCode::PAYLOAD_TOO_LARGE
+        };
+        Self::new(
+            status,
+            "body_not_checkable",
+            format!(
+                "The request body may carry a credential, and it is {why}: haltgate cannot check \
+                 it against blocked credentials, so it does not forward it."
+            ),
+        )
+    }
+
     /// The proxy is shutting down and takes no new requests on this connection.
     pub fn shutting_down() -> Self {
         Self::new(

@@ -102,8 +102,7 @@ impl WebhookConfig {
         context.update(b".");
         context.update(body);
         let tag = context.sign();
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("v1={hex}")
+        format!("v1={}", crate::session::hex(tag.as_ref()))
     }
 }
 

@@ -515,6 +515,21 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
         ..Call::new(None, "ok")
     };
     assert_eq!(make(agent, &in_form).await.0, 410, "token form field");
+    // A form the proxy cannot read through is refused, not forwarded unchecked.
+    let past_the_limit = Call {
+        headers: vec![],
+        form: Some(format!("text={}&token={TOKEN}", "x".repeat(70 * 1024))),
+        ..Call::new(None, "ok")
+    };
+    let (status, headers, _) = make(agent, &past_the_limit).await;
+    assert_eq!(status, 413);
+    assert_eq!(headers["x-haltgate-error"], "body_not_checkable");
+    let encoded = Call {
+        headers: vec![("content-encoding", "gzip".into())],
+        form: Some("not really gzip".into()),
+        ..Call::new(None, "ok")
+    };
+    assert_eq!(make(agent, &encoded).await.0, 415, "an encoded form");
     assert_eq!(upstream.hits(), before, "no spelling reached upstream");
 
     let other_form = Call {

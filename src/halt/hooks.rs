@@ -52,7 +52,9 @@ pub enum Refusal {
     /// The halt, once the future completes (e.g. the session of a blocked credential is
     /// closed first).
     HaltAfter(BoxFuture<'static, HaltResponse>),
-    /// A proxy error, e.g. `not_ready`.
+    /// This instance does not know yet which sessions are closed: `503 not_ready`.
+    NotReady,
+    /// A proxy error.
     Error(SyntheticResponse),
 }
 

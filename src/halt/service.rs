@@ -148,7 +148,25 @@ impl Pending {
     {
         let limit = shared.rules.load().max_body_bytes();
         let (parts, mut body) = request.into_parts();
+        // The decision depends on the body: one that cannot be read through whole is refused,
+        // never forwarded with a credential nobody looked at.
+        let encoded = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            let refusal = SyntheticResponse::body_not_checkable("encoded");
+            return answer(Refusal::Error(refusal), shared).await;
+        }
         let buffered = Buffered::read(&mut body, limit).await;
+        match buffered.end {
+            BufferEnd::Ended => {}
+            BufferEnd::Cut => {
+                let refusal = SyntheticResponse::body_not_checkable("larger than max_body_bytes");
+                return answer(Refusal::Error(refusal), shared).await;
+            }
+            BufferEnd::Failed(error) => return Err(error),
+        }
         let prefix = buffered.data();
         let admission = shared.hooks.before_forward(&RequestInfo {
             provider: &self.provider,
@@ -158,7 +176,11 @@ impl Pending {
             body: Some(&prefix),
         });
         match admission {
-            Admission::Forward | Admission::NeedsBody => {
+            Admission::NeedsBody => {
+                let refusal = SyntheticResponse::body_not_checkable("not readable as a form");
+                answer(Refusal::Error(refusal), shared).await
+            }
+            Admission::Forward => {
                 let body = body::boxed(buffered.into_replay(body));
                 let request = Request::from_parts(parts, body);
                 self.forward(request, shared, |r| inner.call(r)).await
@@ -217,12 +239,11 @@ async fn answer(refusal: Refusal, shared: Arc<Shared>) -> Result<Response<ProxyB
             tracing::Span::current().record("rule", halt.rule.as_str());
             halt.into_response()
         }
-        Refusal::Error(error) => {
-            if error.kind == "not_ready" {
-                shared.stats.not_ready.inc();
-            }
-            error.into_response()
+        Refusal::NotReady => {
+            shared.stats.not_ready.inc();
+            SyntheticResponse::not_ready().into_response()
         }
+        Refusal::Error(error) => error.into_response(),
     };
     Ok(response)
 }

@@ -223,48 +223,13 @@ fn bare_token(raw: &[u8]) -> Option<String> {
 }
 
 fn token_parameters(pairs: &[u8], place: CredentialPlace) -> Vec<Presented> {
-    pairs
-        .split(|&b| b == b'&')
-        .filter_map(|pair| {
-            let (name, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(at) => (&pair[..at], &pair[at + 1..]),
-                None => return None,
-            };
-            let name = form_decode(name);
-            if !TOKEN_PARAMETERS.contains(&name.as_str()) {
-                return None;
-            }
-            let canonical = bare_token(form_decode(value).as_bytes())?;
+    url::form_urlencoded::parse(pairs)
+        .filter(|(name, _)| TOKEN_PARAMETERS.contains(&name.as_ref()))
+        .filter_map(|(_, value)| {
+            let canonical = bare_token(value.as_bytes())?;
             Some(Presented { canonical, place })
         })
         .collect()
-}
-
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; a malformed
-/// escape stays as it is.
-fn form_decode(raw: &[u8]) -> String {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < raw.len() => {
-                let hex = std::str::from_utf8(&raw[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A blocked credential: every request carrying it is halted until it is unblocked.

@@ -67,6 +67,7 @@ pub use event::{
     Snapshot, SnapshotPage, StateEvent,
 };
 pub use local_copy::{LoadedCopy, LocalCopy};
+pub(crate) use model::hex;
 pub use model::{
     unix_ms_now, AddWakeup, ClaimedWakeup, CloseClass, CloseOutcome, Closure, ClosureInfo,
     InvalidSessionId, OpenSpec, SessionId, SessionRecord, SessionStatus, Wakeup, MAX_DETAIL_BYTES,
