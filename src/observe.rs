@@ -54,23 +54,33 @@ pub async fn observe(
 ) -> Result<Observed, ObserveError> {
     let (prepared, provider) =
         classify::prepare(rules, hosts, &body.line).map_err(ObserveError::Input)?;
-    let scope = match body.line.context {
-        Some(context) => Some(context),
-        None => gate.store().get(&id).await?.and_then(|record| record.scope),
+    // The stored scope is read only when a rule that compares with it would decide, as on
+    // the proxy path; a line's own `context` stands for it.
+    let given = body.line.context;
+    let first = match &given {
+        Some(context) => Scope::Known(Some(context)),
+        None => Scope::Unknown,
     };
-    let exchange = prepared.exchange(
-        &provider,
-        Scope::Known(scope.as_ref()),
-        rules.max_body_bytes(),
-    );
-    let decision = match rules.classify(&exchange) {
-        Verdict::Decided(decision) => decision,
-        Verdict::NeedsScope => {
-            return Err(ObserveError::Input(
-                "the engine asked for the session scope although it was given".into(),
-            ))
-        }
-    };
+    let decision =
+        match rules.classify(&prepared.exchange(&provider, first, rules.max_body_bytes())) {
+            Verdict::Decided(decision) => decision,
+            Verdict::NeedsScope => {
+                let stored = gate.store().get(&id).await?.and_then(|record| record.scope);
+                let exchange = prepared.exchange(
+                    &provider,
+                    Scope::Known(stored.as_ref()),
+                    rules.max_body_bytes(),
+                );
+                match rules.classify(&exchange) {
+                    Verdict::Decided(decision) => decision,
+                    Verdict::NeedsScope => {
+                        return Err(ObserveError::Input(
+                            "the engine asked for the session scope although it was given".into(),
+                        ))
+                    }
+                }
+            }
+        };
     for rule in &decision.shadow {
         let class = rules.class_of(&provider, rule);
         stats.count_match(rule, class.map_or("-", Class::as_str), "shadow");
@@ -86,14 +96,11 @@ pub async fn observe(
     }
     stats.count_match(rule.as_deref().unwrap_or("-"), class.as_str(), "enforce");
 
-    let query = prepared
-        .path_and_query
-        .split_once('?')
-        .map(|(_, query)| query);
-    let mut credentials = Presented::in_head(&prepared.request_headers, query);
-    if Presented::body_may_carry(&prepared.request_headers) {
-        credentials.extend(Presented::in_form(&prepared.request_body));
-    }
+    let credentials = Presented::in_request(
+        &prepared.request_headers,
+        &prepared.path_and_query,
+        &prepared.request_body,
+    );
     let action = match class {
         Class::StaleSession => "reset_resume",
         Class::CredentialInvalid if !credentials.is_empty() => "block_credential",

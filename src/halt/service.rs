@@ -444,7 +444,6 @@ pub(crate) fn note_shadow(
     stats: &HaltStats,
 ) {
     for rule in &decision.shadow {
-        stats.shadow_matched.inc();
         let class = rules.class_of(&request.provider, rule);
         stats.count_match(rule, class.map_or("-", Class::as_str), "shadow");
         tracing::info!(
@@ -468,21 +467,14 @@ pub(crate) fn act(
     detail: String,
     shared: &Shared,
 ) -> impl Future<Output = Outcome> + Send + 'static {
-    shared.stats.matched.inc();
     tracing::Span::current().record("rule", decision.rule.as_deref().unwrap_or("-"));
     shared.stats.count_match(
         decision.rule.as_deref().unwrap_or("-"),
         decision.class.as_str(),
         "enforce",
     );
-    let query = request
-        .path_and_query
-        .split_once('?')
-        .map(|(_, query)| query);
-    let mut credentials = Presented::in_head(&request.headers, query);
-    if Presented::body_may_carry(&request.headers) {
-        credentials.extend(Presented::in_form(request_body));
-    }
+    let credentials =
+        Presented::in_request(&request.headers, &request.path_and_query, request_body);
     tracing::info!(
         provider = %request.provider,
         class = %decision.class,

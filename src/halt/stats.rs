@@ -43,7 +43,12 @@ pub struct HaltStats {
 }
 
 impl HaltStats {
+    /// One match: the total of its mode (`matched` or `shadow_matched`) and its labelled count.
     pub(crate) fn count_match(&self, rule: &str, class: &str, mode: &'static str) {
+        match mode {
+            "shadow" => self.shadow_matched.inc(),
+            _ => self.matched.inc(),
+        };
         self.matches
             .get_or_create(&MatchLabels {
                 rule: rule.to_owned(),

@@ -164,6 +164,20 @@ impl Presented {
         found
     }
 
+    /// Every credential of a whole request: its head, then a form body's fields.
+    pub fn in_request(
+        headers: &http::HeaderMap,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Vec<Presented> {
+        let query = path_and_query.split_once('?').map(|(_, query)| query);
+        let mut found = Presented::in_head(headers, query);
+        if Presented::body_may_carry(headers) {
+            found.extend(Presented::in_form(body));
+        }
+        found
+    }
+
     /// Credentials in a form-encoded body.
     pub fn in_form(body: &[u8]) -> Vec<Presented> {
         token_parameters(body, CredentialPlace::FormBody)
