@@ -115,6 +115,7 @@ pub async fn observe(
         decision,
         upstream_status: prepared.status.as_u16(),
         started_ms: unix_ms_now(),
+        admitted_epoch: None,
         credentials,
         detail: excerpt(&prepared.response_body),
     };

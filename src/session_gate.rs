@@ -86,19 +86,27 @@ impl SessionGate {
     /// Reads the deployment secret, retrying until the store answers. A secret kept in the
     /// local copy is used at once, so credentials are checked while the store is down.
     pub async fn load_key(self: Arc<Self>, kept: Option<Vec<u8>>) {
-        if let Some(kept) = &kept {
-            match CredentialKey::new(kept) {
-                Ok(key) => {
-                    let _ = self.key.set(key);
-                }
-                Err(error) => tracing::error!(%error, "Kept credential secret rejected."),
-            }
-        }
+        // The store's secret is the one every instance fingerprints with; the kept one only
+        // stands in while the store does not answer at start.
+        let mut first = true;
         let mut delay = Duration::from_millis(100);
         let secret = loop {
             match self.store.deployment_secret().await {
                 Ok(secret) => break secret,
                 Err(error) => {
+                    if first {
+                        if let Some(kept) = &kept {
+                            match CredentialKey::new(kept) {
+                                Ok(key) => {
+                                    let _ = self.key.set(key);
+                                }
+                                Err(error) => {
+                                    tracing::error!(%error, "Kept credential secret rejected.")
+                                }
+                            }
+                        }
+                        first = false;
+                    }
                     tracing::warn!(%error, "Cannot read the deployment secret yet; retrying.");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -113,20 +121,22 @@ impl SessionGate {
                 tracing::warn!(%error, "Replicas did not confirm the first check.");
             }
         });
-        if kept.as_ref().is_some_and(|kept| *kept != secret) {
-            tracing::error!("The store's deployment secret differs from the one kept locally; credential fingerprints follow the kept one until restart.");
-            return;
-        }
         match CredentialKey::new(&secret) {
             Ok(key) => {
-                let _ = self.key.set(key);
+                if self.key.set(key).is_err() && kept.as_ref() != Some(&secret) {
+                    tracing::error!("The store's deployment secret differs from the one kept locally, which is in use since the store did not answer at start; the store's is kept from now on and used after a restart.");
+                }
             }
             Err(error) => {
                 tracing::error!(%error, "Stored credential secret rejected.");
                 return;
             }
         }
-        if let (Some(local), None) = (self.local.clone(), kept) {
+        if let Some(local) = self
+            .local
+            .clone()
+            .filter(|_| kept.as_ref() != Some(&secret))
+        {
             let saved = tokio::task::spawn_blocking(move || local.save_secret(&secret)).await;
             if !matches!(saved, Ok(Ok(()))) {
                 tracing::warn!("The deployment secret could not be kept in the local copy.");
@@ -167,8 +177,19 @@ impl SessionGate {
         id: &SessionId,
         closure: Closure,
     ) -> Result<CloseDisposition, StoreError> {
+        self.close_admitted(id, closure, None).await
+    }
+
+    /// [`SessionGate::close`] for a request admitted when `admitted_epoch` was current: the
+    /// local mark goes no later than that generation (the store fences the rest).
+    async fn close_admitted(
+        &self,
+        id: &SessionId,
+        closure: Closure,
+        admitted_epoch: Option<u64>,
+    ) -> Result<CloseDisposition, StoreError> {
         let closure = closure.normalized()?;
-        let local_epoch = self.closed.epoch_for(id, closure.epoch);
+        let local_epoch = self.closed.epoch_for(id, closure.epoch.or(admitted_epoch));
         self.closed.insert_closure(id, local_epoch, &closure);
         let class = closure.class.clone();
         let disposition = match &self.outbox {
@@ -313,8 +334,11 @@ impl SessionGate {
         if let Some(epoch) = epoch {
             closure = closure.at_epoch(*epoch);
         }
-        let local_epoch = self.closed.epoch_for(id, *epoch);
-        if let Err(error) = self.close(id, closure).await {
+        let local_epoch = self.closed.epoch_for(id, epoch.or(matched.admitted_epoch));
+        if let Err(error) = self
+            .close_admitted(id, closure, matched.admitted_epoch)
+            .await
+        {
             tracing::error!(session = %id, %error, "Closure could not be stored; the session stays halted on this instance.");
         }
         Outcome::Halt(HaltResponse::rule_matched(
@@ -329,6 +353,10 @@ impl SessionGate {
 
 /// The gate is shared: the halt layer and the control API hold the same one.
 impl SessionHooks for Arc<SessionGate> {
+    fn known_epoch(&self, session: &SessionHeader) -> Option<u64> {
+        Some(self.closed.latest_epoch(&session.id).unwrap_or(0))
+    }
+
     fn before_forward(&self, request: &RequestInfo<'_>) -> Admission {
         if !self.is_ready() {
             // Unknown is not "open": a request that names a session or carries a credential

@@ -228,6 +228,48 @@ async fn a_stale_generation_cannot_close_a_reopened_session() {
 }
 
 #[tokio::test]
+async fn a_request_without_an_epoch_admitted_before_a_reopen_does_not_close_the_new_generation() {
+    let (release, held) = tokio::sync::watch::channel(false);
+    let upstream = start_upstream(slack_upstream_held(held)).await;
+    let proxy = slack_proxy(&upstream, None).await;
+    open_session(&proxy, "f2").await;
+    // Admitted at epoch 0, answered only after the session was closed and reopened at 1.
+    let in_flight = tokio::spawn(send(post_message(
+        &proxy,
+        "f2",
+        None,
+        "held_kick",
+        "xoxb-REDACTED",
+    )));
+    while upstream.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, _) = control(
+        &proxy,
+        "POST",
+        "/v1/sessions/f2/close",
+        Some(json!({"reason": "rotate"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(open_session(&proxy, "f2").await["epoch"], 1);
+    release.send_replace(true);
+    let (status, _, _) = in_flight.await.unwrap();
+    assert_eq!(status, 410, "the stale request itself still halts");
+
+    let (_, record) = control(&proxy, "GET", "/v1/sessions/f2", None).await;
+    assert_eq!(
+        (record["status"].as_str(), record["epoch"].as_u64()),
+        (Some("open"), Some(1))
+    );
+    let (status, _, _) = send(post_message(&proxy, "f2", None, "ok", "xoxb-REDACTED")).await;
+    assert_eq!(
+        status, 200,
+        "this instance does not halt the reopened generation"
+    );
+}
+
+#[tokio::test]
 async fn an_invalid_credential_is_blocked_for_every_session_until_unblocked() {
     let upstream = start_upstream(slack_upstream()).await;
     let proxy = slack_proxy(&upstream, None).await;

@@ -73,6 +73,8 @@ pub struct Matched {
     /// When the request arrived (unix ms): a closure without an epoch applies to the
     /// generation current then, not to one opened while the request was under way.
     pub started_ms: u64,
+    /// [`SessionHooks::known_epoch`] at admission, for a request that named no epoch.
+    pub admitted_epoch: Option<u64>,
     /// The credentials the request presented, in the order the provider reads them; a
     /// credential block applies to the first.
     pub credentials: Vec<Presented>,
@@ -95,6 +97,13 @@ pub trait SessionHooks: Send + Sync + 'static {
     /// hot path. Anything but [`Admission::Forward`] answers the request without sending it
     /// upstream.
     fn before_forward(&self, request: &RequestInfo<'_>) -> Admission;
+
+    /// The generation this instance knows as current for `session` when its request is
+    /// admitted. A closure of a request that named no epoch is recorded locally at most at
+    /// this one, so a reopen learned while the request ran is not closed by it.
+    fn known_epoch(&self, _session: &SessionHeader) -> Option<u64> {
+        None
+    }
 
     /// Runs only when a rule that compares with the session scope would decide. Returns the
     /// session's scope, or `None` when it has none (then scope comparisons do not hold). An

@@ -61,6 +61,7 @@ pub(crate) struct RequestSnapshot {
     pub(crate) body: CapturedPrefix,
     pub(crate) session: Option<SessionHeader>,
     pub(crate) started_ms: u64,
+    pub(crate) admitted_epoch: Option<u64>,
 }
 
 impl<S> Service<Request<ProxyBody>> for Halt<S>
@@ -208,6 +209,11 @@ impl Pending {
             let (capture, prefix) = Capture::new(body, limit);
             (body::boxed(capture), prefix)
         };
+        let admitted_epoch = self
+            .session
+            .as_ref()
+            .filter(|s| s.epoch.is_none())
+            .and_then(|s| shared.hooks.known_epoch(s));
         let snapshot = RequestSnapshot {
             provider: self.provider,
             method: parts.method.clone(),
@@ -216,6 +222,7 @@ impl Pending {
             body: captured,
             session: self.session,
             started_ms: unix_ms_now(),
+            admitted_epoch,
         };
         let forwarded = send(Request::from_parts(parts, body));
         async move {
@@ -493,6 +500,7 @@ pub(crate) fn act(
                 decision,
                 upstream_status,
                 started_ms: request.started_ms,
+                admitted_epoch: request.admitted_epoch,
                 credentials,
                 detail,
             })

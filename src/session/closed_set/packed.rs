@@ -92,9 +92,11 @@ pub(super) struct Mark(u64);
 
 impl Mark {
     pub(super) fn new(epoch: u64, closed: bool, detail: DetailRef) -> Self {
-        debug_assert!(epoch <= MAX_EXACT_INTEGER);
+        // Stores refuse larger epochs; one read from damaged data saturates rather than
+        // wrapping to a smaller generation (which could reopen a closed session here).
+        let epoch = epoch.min(MAX_EXACT_INTEGER);
         let closed = if closed { CLOSED_BIT } else { 0 };
-        Mark((epoch & EPOCH_MASK) | closed | (u64::from(detail.0) << DETAIL_SHIFT))
+        Mark(epoch | closed | (u64::from(detail.0) << DETAIL_SHIFT))
     }
 
     pub(super) fn epoch(self) -> u64 {

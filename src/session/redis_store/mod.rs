@@ -315,14 +315,9 @@ impl Inner {
                         .find_map(|l| l.strip_prefix("connected_slaves:"))
                         .and_then(|n| n.trim().parse::<u64>().ok())
                         .unwrap_or(0);
-                    if connected == 0 {
-                        return Ok(0);
-                    }
-                    let found: u64 = at_once.query_async(&mut conn).await?;
-                    if found > 0 {
-                        return Ok(found);
-                    }
-                    moment.query_async(&mut conn).await
+                    // Replicas attached count, lagging or not: a replica that is briefly
+                    // behind must not turn acknowledgement off for good.
+                    Ok(connected)
                 }
                 Probe::Cluster(client) => {
                     let config = redis::cluster::ClusterConfig::new()
