@@ -306,6 +306,10 @@ impl App {
     /// Completes once both listeners have drained; then stops the background tasks.
     pub async fn wait(mut self) {
         while self.servers.join_next().await.is_some() {}
+        // What the closed set learned since the flusher's last tick reaches the local copy.
+        if let Some(local) = self.gate.local_copy() {
+            local.flush(self.gate.closed()).await;
+        }
         for task in &self.tasks {
             task.abort();
         }

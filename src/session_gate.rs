@@ -64,6 +64,11 @@ impl SessionGate {
         &self.closed
     }
 
+    /// Present for shared stores: this instance's durable copy of its closed set.
+    pub fn local_copy(&self) -> Option<&LocalCopy> {
+        self.local.as_ref()
+    }
+
     pub fn outbox(&self) -> Option<&Outbox> {
         self.outbox.as_ref()
     }

@@ -263,7 +263,6 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
         (status, body["rule"].as_str()),
         (410, Some("slack.invalid_auth"))
     );
-    tokio::time::sleep(Duration::from_millis(500)).await; // one flush of the local copy
     stop(first).await;
     let before = upstream.hits();
 

@@ -224,8 +224,8 @@ impl LocalCopy {
         txn.commit().map_err(|e| err(e.into()))
     }
 
-    /// Starts the task that writes what `set` learns every `interval`, and once more when
-    /// the set is dropped.
+    /// Starts the task that writes what `set` learns every `interval`; [`LocalCopy::flush`]
+    /// writes the rest at shutdown.
     pub fn spawn_flusher(&self, set: &Arc<ClosedSet>, interval: Duration) -> JoinHandle<()> {
         let copy = self.clone();
         let set = Arc::downgrade(set);
@@ -258,7 +258,15 @@ impl LocalCopy {
         let copy = self.clone();
         let to_save = cursor.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let result = copy.persist(&changes, to_save.as_ref());
+            // redb may panic on a damaged page: the changes must survive that to be retried.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                copy.persist(&changes, to_save.as_ref())
+            }))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Corrupt(
+                    "local copy: redb panicked writing".into(),
+                ))
+            });
             (result, changes)
         })
         .await;
@@ -270,8 +278,15 @@ impl LocalCopy {
                     live.requeue_journal(changes);
                 }
             }
-            Err(error) => tracing::error!(%error, "Local copy writer panicked."),
+            Err(error) => tracing::error!(%error, "Local copy writer did not finish."),
         }
         true
+    }
+
+    /// Writes what `set` learned since the last flush, now (at shutdown: the flusher is
+    /// stopped between two of its ticks).
+    pub async fn flush(&self, set: &Arc<ClosedSet>) {
+        let mut saved = None;
+        self.flush_once(&Arc::downgrade(set), &mut saved).await;
     }
 }
