@@ -1,14 +1,16 @@
-//! Redis Cluster: the documented store URLs, closures that count as stored only once a
-//! replica has them (so a master's death loses none), a slot migrated while closures run, and
-//! an instance whose pub/sub is cut converging through catch-up. Real redis-server processes.
+//! Replicated Redis and Redis Cluster: the documented store URLs, closures that count as
+//! stored only once a replica has them, a slot migrated while closures run, and an instance
+//! whose pub/sub is cut converging through catch-up. Real redis-server processes.
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use haltgate::session::{open_store, CloseClass, Closure, SessionId};
 use serde_json::json;
-use support::redis_server::RedisCluster;
+use support::redis_server::{RedisCluster, RedisServer};
 use support::*;
 
 /// Each test runs a cluster of its own; two at once would share two cores among a dozen
@@ -222,20 +224,99 @@ async fn an_instance_whose_pub_sub_is_cut_converges_through_catch_up() {
     let cluster = RedisCluster::start(3);
     let (_a_upstream, a) = proxy_on(cluster.store_url()).await;
     let (_b_upstream, b) = proxy_on(cluster.store_url()).await;
-    for node in &cluster.nodes {
-        node.cli(&["client", "kill", "type", "pubsub"]);
-    }
+    // Pub/sub stays cut for the whole test: every subscriber connection is killed as soon as
+    // it comes back, so only the catch-up reads of the log can tell B.
+    let cutting = Arc::new(AtomicBool::new(true));
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port()).collect();
+    let cutter = {
+        let cutting = cutting.clone();
+        std::thread::spawn(move || {
+            while cutting.load(Ordering::Relaxed) {
+                for port in &ports {
+                    let _ = std::process::Command::new("redis-cli")
+                        .args(["-p", &port.to_string(), "client", "kill", "type", "pubsub"])
+                        .output();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let ids: Vec<SessionId> = (0..20).map(|i| sid(&format!("cut-{i}"))).collect();
     for id in &ids {
         a.gate().close(id, lost_access()).await.unwrap();
     }
     let started = Instant::now();
-    eventually("B converges", Duration::from_secs(5), async || {
+    eventually("B converges", Duration::from_secs(15), async || {
         ids.iter()
             .all(|id| b.gate().closed().check(id, None).is_some())
     })
     .await;
+    cutting.store(false, Ordering::Relaxed);
+    cutter.join().unwrap();
     eprintln!("converged {:?} after the pub/sub cut", started.elapsed());
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closure_the_replica_has_not_confirmed_waits_in_the_outbox() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
+    eventually("replica in sync", Duration::from_secs(15), async || {
+        master
+            .cli(&["info", "replication"])
+            .contains("state=online")
+    })
+    .await;
+    let (_upstream, proxy) = proxy_on(format!("{}?replica_ack_timeout_ms=200", master.url())).await;
+    eventually("replicas known", Duration::from_secs(5), async || {
+        proxy.gate().store().replicas_to_ack() == Some(1)
+    })
+    .await;
+    let outbox = proxy.gate().outbox().unwrap().clone();
+
+    // The replica hangs: the close script runs, but no replica confirms it.
+    replica.pause();
+    proxy
+        .gate()
+        .close(&sid("unconfirmed"), lost_access())
+        .await
+        .unwrap();
+    assert!(proxy
+        .gate()
+        .closed()
+        .check(&sid("unconfirmed"), None)
+        .is_some());
+    eventually(
+        "queued for want of a replica",
+        Duration::from_secs(10),
+        async || outbox.len().await.unwrap() == 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        outbox.len().await.unwrap(),
+        1,
+        "it stays while the replica is silent"
+    );
+
+    replica.resume();
+    eventually(
+        "confirmed and removed",
+        Duration::from_secs(30),
+        async || outbox.len().await.unwrap() == 0,
+    )
+    .await;
+    let record = open_store(&master.url())
+        .await
+        .unwrap()
+        .get(&sid("unconfirmed"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record.is_closed());
+    proxy.stop().await;
 }

@@ -100,6 +100,13 @@ async fn start_ready(upstream: &Upstream, dir: &std::path::Path, store: Option<S
     app
 }
 
+async fn wait_until_async_empty(outbox: &haltgate::session::Outbox) {
+    eventually("outbox drained", Duration::from_secs(15), async || {
+        outbox.len().await.unwrap() == 0
+    })
+    .await;
+}
+
 async fn stop(app: App) {
     app.shutdown();
     app.wait().await;
@@ -142,8 +149,11 @@ async fn a_restart_with_a_large_state_forwards_no_closed_session_while_it_loads(
         futures_util::future::join_all(writes).await;
     }
 
-    // From the moment the agent port exists, closed sessions are hammered.
-    let app = start_unready(&upstream, dir.path(), Some(redis.url())).await;
+    // From the moment the agent port exists, closed sessions are hammered; a slow link to
+    // Redis until the first refusal makes sure requests land while the state loads.
+    let fault = FaultProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    fault.set(Fault::Delay(Duration::from_millis(100)));
+    let app = start_unready(&upstream, dir.path(), Some(fault.redis_url())).await;
     let agent = app.agent_addr();
     let refused = Arc::new(AtomicUsize::new(0));
     let halted = Arc::new(AtomicUsize::new(0));
@@ -159,6 +169,8 @@ async fn a_restart_with_a_large_state_forwards_no_closed_session_while_it_loads(
         let (status, headers, _) = make(agent, &Call::new(Some(id), "ok")).await;
         match status {
             503 => {
+                // One request is known to have landed while loading: the link may be fast now.
+                fault.set(Fault::Pass);
                 assert_eq!(headers["x-haltgate-error"], "not_ready");
                 assert_eq!(headers["retry-after"], "1");
                 refused.fetch_add(1, Ordering::Relaxed);
@@ -180,6 +192,10 @@ async fn a_restart_with_a_large_state_forwards_no_closed_session_while_it_loads(
         upstream.hits(),
         0,
         "no request of a closed session reached upstream"
+    );
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "requests landed while the state loaded"
     );
     assert!(halted.load(Ordering::Relaxed) > 0);
     stop(app).await;
@@ -308,6 +324,8 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let outbox = second.gate().outbox().unwrap().clone();
+    wait_until_async_empty(&outbox).await;
     let record = store.get(&sid("another")).await.unwrap().unwrap();
     assert!(
         record.is_closed(),
@@ -587,6 +605,19 @@ async fn blocked_credential_closes_its_session(store: Option<String>) {
     assert_eq!(record["rule"], "slack.invalid_auth");
     let (_, wakeups) = control(&app, "GET", "/v1/sessions/second/wakeups", None).await;
     assert_eq!(wakeups["wakeups"], json!([]));
+    // An open session's due wakeup is handed out, so the claim is not empty by accident.
+    assert_eq!(
+        control(&app, "PUT", "/v1/sessions/third", None).await.0,
+        200
+    );
+    let (status, _) = control(
+        &app,
+        "POST",
+        "/v1/sessions/third/wakeups",
+        Some(json!({"due_ms": past, "payload": {"wake": "third"}})),
+    )
+    .await;
+    assert_eq!(status, 201);
     let (_, claimed) = control(
         &app,
         "POST",
@@ -594,13 +625,14 @@ async fn blocked_credential_closes_its_session(store: Option<String>) {
         Some(json!({"limit": 100})),
     )
     .await;
+    let claimed = claimed["wakeups"].as_array().unwrap();
     assert!(
-        claimed["wakeups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|w| w["session"] != "second"),
-        "{claimed}"
+        claimed.iter().any(|w| w["session"] == "third"),
+        "{claimed:?}"
+    );
+    assert!(
+        claimed.iter().all(|w| w["session"] != "second"),
+        "{claimed:?}"
     );
     // Without the credential header the session is still closed.
     let bare = Call {

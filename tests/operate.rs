@@ -281,7 +281,8 @@ async fn leases_deliver_at_least_once_and_never_after_a_close(proxy: &TestProxy)
     let unacked = add_wakeup(proxy, "lease-a", json!({"n": 2})).await;
     let of_closed = add_wakeup(proxy, "lease-b", json!({"n": 3})).await;
 
-    let lease_ms = 300;
+    // Long enough that the claims and acks below finish inside it on a loaded machine.
+    let lease_ms = 3_000;
     let leased = claim(proxy, lease_ms).await;
     let mut ids: Vec<&str> = leased.iter().map(|w| w["id"].as_str().unwrap()).collect();
     ids.sort_unstable();

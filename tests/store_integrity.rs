@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use haltgate::session::{
     CloseClass, Closure, CredentialBlock, CredentialKey, OpenSpec, Outbox, RedbOptions, RedbStore,
-    SessionId, SessionStore, StoreError,
+    SessionId, SessionStatus, SessionStore, StoreError,
 };
 
 fn session(n: usize) -> SessionId {
@@ -502,6 +502,16 @@ async fn store_repair_of_a_damaged_store_keeps_a_backup_and_repairs_or_says_it_c
         assert_eq!(
             code, 0,
             "repair claimed success:\n{output}\ncheck:\n{check}"
+        );
+        // A repair that answers with an empty store would lose every closure.
+        let repaired = open_store(&path).unwrap();
+        let snapshot = repaired.snapshot().await.unwrap();
+        assert!(
+            snapshot
+                .sessions
+                .iter()
+                .any(|m| m.status == SessionStatus::Closed),
+            "the repaired store kept no closure:\n{output}"
         );
     } else {
         assert_eq!(code, 1, "{output}");
