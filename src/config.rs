@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::control_auth::{ControlAuth, ControlToken};
+use crate::halt::Dialect;
 use crate::route::{Route, RouteTable};
 use crate::server::Limits;
 use crate::upstream::{read_ca_file, UpstreamSettings};
@@ -108,6 +109,9 @@ pub struct RouteSpec {
     pub url: String,
     /// Rule file that applies; defaults to `name`.
     pub provider: Option<String>,
+    /// How halts are written (`slack`, `github`, `graphql`, `anthropic`, `mcp`, `generic`);
+    /// defaults from the provider.
+    pub dialect: Option<String>,
 }
 
 /// Values given on the command line; each one set wins over the file.
@@ -119,7 +123,8 @@ pub struct Overrides {
     pub store: Option<String>,
     pub outbox: Option<PathBuf>,
     pub local_copy: Option<PathBuf>,
-    /// `NAME=URL` pairs. A name also in the file keeps the file's provider.
+    /// `NAME=URL` or `NAME:PROVIDER=URL`. A name also in the file keeps the file's provider
+    /// unless the flag names one.
     pub routes: Vec<String>,
     pub upstream_ca: Option<PathBuf>,
     pub connect_timeout: Option<String>,
@@ -484,32 +489,66 @@ fn resolve_routes(
     flags: &[String],
     errors: &mut Vec<String>,
 ) -> Option<RouteTable> {
-    // (name, provider, url) in first-seen order; a flag replaces the URL of a file route.
-    let mut merged: Vec<(String, Option<String>, String)> = file
-        .into_iter()
-        .map(|r| (r.name, r.provider, r.url))
-        .collect();
+    // In first-seen order; a flag replaces the URL (and the provider, if it names one) of a
+    // file route.
+    let mut merged: Vec<RouteSpec> = file;
     for flag in flags {
         let Some((name, url)) = flag.split_once('=') else {
-            errors.push(format!("--route {flag:?}: expected NAME=URL"));
+            errors.push(format!(
+                "--route {flag:?}: expected NAME=URL or NAME:PROVIDER=URL"
+            ));
             continue;
         };
-        match merged.iter_mut().find(|(n, _, _)| n == name) {
-            Some(existing) => existing.2 = url.to_owned(),
-            None => merged.push((name.to_owned(), None, url.to_owned())),
+        let (name, provider) = match name.split_once(':') {
+            Some((name, provider)) => (name, Some(provider.to_owned())),
+            None => (name, None),
+        };
+        match merged.iter_mut().find(|r| r.name == name) {
+            Some(existing) => {
+                existing.url = url.to_owned();
+                if provider.is_some() {
+                    existing.provider = provider;
+                }
+            }
+            None => merged.push(RouteSpec {
+                name: name.to_owned(),
+                url: url.to_owned(),
+                provider,
+                dialect: None,
+            }),
         }
     }
     if merged.is_empty() {
         merged = RouteTable::known_providers()
             .into_iter()
-            .map(|(name, url)| (name.to_owned(), None, url.to_owned()))
+            .map(|(name, url)| RouteSpec {
+                name: name.to_owned(),
+                url: url.to_owned(),
+                provider: None,
+                dialect: None,
+            })
             .collect();
     }
     let mut routes = Vec::new();
-    for (name, provider, url) in merged {
-        let provider = provider.unwrap_or_else(|| name.clone());
-        match Route::new(&name, &provider, &url) {
-            Ok(route) => routes.push(route),
+    for spec in merged {
+        let provider = spec.provider.unwrap_or_else(|| spec.name.clone());
+        let dialect = match spec.dialect.as_deref().map(|d| (d, Dialect::parse(d))) {
+            None => None,
+            Some((_, Some(dialect))) => Some(dialect),
+            Some((name, None)) => {
+                errors.push(format!(
+                    "route {:?}: unknown dialect {name:?} (one of {})",
+                    spec.name,
+                    Dialect::NAMES.join(", ")
+                ));
+                None
+            }
+        };
+        match Route::new(&spec.name, &provider, &spec.url) {
+            Ok(route) => match dialect {
+                Some(dialect) => routes.push(route.with_dialect(dialect)),
+                None => routes.push(route),
+            },
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -593,6 +632,49 @@ mod tests {
             config.routes.get("slack").is_none(),
             "configured routes replace the defaults"
         );
+    }
+
+    #[test]
+    fn a_route_flag_can_name_the_provider_and_a_file_route_the_dialect() {
+        let spec = ConfigSpec::from_toml(
+            r#"
+            [[route]]
+            name = "internal"
+            url = "https://internal.example.com/graphql"
+            provider = "internal"
+            dialect = "graphql"
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        let flags = Overrides {
+            routes: vec![
+                "files:mcp=http://127.0.0.1:9/mcp".into(),
+                "echo=http://127.0.0.1:9".into(),
+            ],
+            ..Overrides::default()
+        };
+        let config = Config::resolve(spec, flags, "t.toml").unwrap();
+        let files = config.routes.get("files").unwrap();
+        assert_eq!((&*files.provider, files.dialect), ("mcp", Dialect::Mcp));
+        assert_eq!(files.url(), "http://127.0.0.1:9/mcp");
+        let echo = config.routes.get("echo").unwrap();
+        assert_eq!((&*echo.provider, echo.dialect), ("echo", Dialect::Generic));
+        let internal = config.routes.get("internal").unwrap();
+        assert_eq!(internal.dialect, Dialect::GraphQl);
+
+        let spec = ConfigSpec::from_toml(
+            "[[route]]\nname = \"a\"\nurl = \"http://x\"\ndialect = \"soap\"",
+            "t.toml",
+        )
+        .unwrap();
+        let flags = Overrides {
+            routes: vec!["b:Bad=http://x".into()],
+            ..Overrides::default()
+        };
+        let errors = Config::resolve(spec, flags, "t.toml").unwrap_err();
+        assert_eq!(errors.errors.len(), 2, "{errors}");
+        assert!(errors.to_string().contains("soap"), "{errors}");
     }
 
     #[test]

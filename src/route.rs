@@ -13,6 +13,8 @@ use std::sync::Arc;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 
+use crate::halt::Dialect;
+
 /// One configured upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -20,6 +22,8 @@ pub struct Route {
     pub name: Arc<str>,
     /// Provider whose rules inspect this route's responses (defaults to the name).
     pub provider: Arc<str>,
+    /// How halts on this route are written (defaults from the provider).
+    pub dialect: Dialect,
     pub scheme: Scheme,
     pub authority: Authority,
     /// Base path of the upstream URL without a trailing `/` (empty for none).
@@ -78,10 +82,16 @@ impl Route {
         Ok(Self {
             name: name.into(),
             provider: provider.into(),
+            dialect: Dialect::for_provider(provider),
             scheme,
             authority,
             base_path: base_path.into(),
         })
+    }
+
+    /// Writes this route's halts in `dialect` instead of its provider's.
+    pub fn with_dialect(self, dialect: Dialect) -> Self {
+        Self { dialect, ..self }
     }
 
     /// The upstream URI for a request whose path after `/NAME` is `rest` (empty or starting

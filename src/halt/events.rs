@@ -10,6 +10,7 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
+use super::dialect::HaltRequest;
 use super::hooks::Outcome;
 use super::service::{act, excerpt, note_shadow, RequestSnapshot, Shared};
 use crate::body::{BoxError, ProxyBody};
@@ -19,7 +20,8 @@ use crate::rules::{
 
 /// An event stream passed through untouched, with each event classified. When an event
 /// decides `lost_access` or `credential_invalid` and the hooks halt, the stream ends with a
-/// final `haltgate.halt` event; a `stale_session` event lets the stream go on.
+/// final event: the stream's own error event in the route's dialect (Anthropic `event: error`,
+/// an MCP JSON-RPC error), else `haltgate.halt`. A `stale_session` event lets the stream go on.
 pub struct InspectEvents {
     inner: Option<ProxyBody>,
     splitter: SseStream,
@@ -110,7 +112,12 @@ impl Body for InspectEvents {
             if let Outcome::Halt(halt) = outcome {
                 this.shared.stats.count_halt(&halt.class);
                 this.inner = None;
-                this.closing = Some(halt.to_sse_event());
+                let request = HaltRequest::read(
+                    &this.request.path_and_query,
+                    &this.request.headers,
+                    &this.request_body,
+                );
+                this.closing = Some(halt.to_sse_event(this.request.dialect, &request));
             }
         }
         if let Some(last) = this.closing.take() {

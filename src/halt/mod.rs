@@ -38,6 +38,7 @@
 //! `examples/embed.rs` runs a complete embedded stack.
 
 mod body;
+mod dialect;
 mod events;
 mod hooks;
 mod layer;
@@ -45,6 +46,7 @@ mod response;
 mod service;
 mod stats;
 
+pub use dialect::{Dialect, HaltRequest, MCP_HALT_CODE};
 pub use hooks::{
     Admission, BoxFuture, LogOnly, Matched, Outcome, Refusal, RequestInfo, ScopeUnavailable,
     SessionHeader, SessionHooks,

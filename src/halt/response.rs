@@ -1,11 +1,9 @@
 //! The halt response: what an agent gets instead of the upstream's answer once its session is
-//! closed, as a value with named constructors.
+//! closed, as a value with named constructors. How it is written depends on the provider's
+//! dialect ([`super::Dialect`]).
 
-use http::{header, HeaderValue, Response, StatusCode};
+use http::StatusCode;
 use serde_json::json;
-
-use crate::body::ProxyBody;
-use crate::synthetic::json_response;
 
 /// `x-haltgate-halt: <class>` marks a halt response.
 pub const X_HALTGATE_HALT: &str = "x-haltgate-halt";
@@ -14,9 +12,9 @@ pub const X_HALTGATE_RULE: &str = "x-haltgate-rule";
 /// `x-haltgate-action: reset` marks an upstream response after which the resume id was cleared.
 pub const X_HALTGATE_ACTION: &str = "x-haltgate-action";
 
-/// 410 Gone: the session's access is gone for good. Common SDKs (Anthropic, OpenAI, Octokit's
-/// retry plugin, Slack's, Linear's) retry 408, 409, 425, 429 and 5xx, never 410, so a halt
-/// ends the tool call instead of feeding a retry loop.
+/// 410 Gone: the status of the generic and GitHub REST halts (see [`super::Dialect`]).
+/// Octokit's retry plugin lists it among the statuses it never retries; PyGithub and most
+/// HTTP clients retry only 429 and 5xx.
 pub const HALT_STATUS: StatusCode = StatusCode::GONE;
 
 /// A synthetic answer that stops the agent's tool call.
@@ -87,24 +85,6 @@ impl HaltResponse {
             "upstream_status": self.upstream_status,
             "message": self.message,
         })
-    }
-
-    pub fn into_response(self) -> Response<ProxyBody> {
-        let mut response = json_response(HALT_STATUS, self.to_json());
-        let headers = response.headers_mut();
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Ok(class) = HeaderValue::from_str(&self.class) {
-            headers.insert(X_HALTGATE_HALT, class);
-        }
-        if let Ok(rule) = HeaderValue::from_str(&self.rule) {
-            headers.insert(X_HALTGATE_RULE, rule);
-        }
-        response
-    }
-
-    /// The halt as a final server-sent event, for a stream that was already under way.
-    pub fn to_sse_event(&self) -> bytes::Bytes {
-        format!("event: haltgate.halt\ndata: {}\n\n", self.to_json()).into()
     }
 }
 

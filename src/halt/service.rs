@@ -13,6 +13,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::body::{Capture, CapturedPrefix, Replay};
+use super::dialect::{Dialect, HaltRequest};
 use super::events::InspectEvents;
 use super::hooks::{
     Admission, Matched, Outcome, Refusal, RequestInfo, SessionHeader, SessionHooks,
@@ -55,6 +56,7 @@ impl<S> Halt<S> {
 /// What inspection needs of the request once the response is back.
 pub(crate) struct RequestSnapshot {
     pub(crate) provider: Arc<str>,
+    pub(crate) dialect: Dialect,
     pub(crate) method: Method,
     pub(crate) path_and_query: String,
     pub(crate) headers: HeaderMap,
@@ -88,6 +90,10 @@ where
             (None, Some(target)) => target.route.provider.clone(),
             (None, None) => return Box::pin(self.inner.call(request)),
         };
+        let dialect = match (&shared.fixed_provider, target) {
+            (None, Some(target)) => target.route.dialect,
+            _ => Dialect::for_provider(&provider),
+        };
         let path_and_query = target
             .map(|t| t.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/"))
             .or_else(|| request.uri().path_and_query().map(|pq| pq.as_str()))
@@ -109,6 +115,7 @@ where
         });
         let pending = Pending {
             provider,
+            dialect,
             path_and_query,
             session,
         };
@@ -122,7 +129,7 @@ where
                 let ready = std::mem::replace(&mut self.inner, clone);
                 Box::pin(pending.admit_with_body(ready, request, shared))
             }
-            Admission::Refuse(refusal) => Box::pin(answer(refusal, shared)),
+            Admission::Refuse(refusal) => Box::pin(pending.refuse(refusal, request, shared)),
         }
     }
 }
@@ -130,11 +137,31 @@ where
 /// What is known of a request between admission and forwarding.
 struct Pending {
     provider: Arc<str>,
+    dialect: Dialect,
     path_and_query: String,
     session: Option<SessionHeader>,
 }
 
 impl Pending {
+    /// Answers a request the hooks refused before its body was read; a dialect that quotes
+    /// the request (MCP's JSON-RPC id) reads the body start first.
+    async fn refuse(
+        self,
+        refusal: Refusal,
+        request: Request<ProxyBody>,
+        shared: Arc<Shared>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let (parts, mut body) = request.into_parts();
+        let prefix = if self.dialect.reads_request_body() && !body.is_end_stream() {
+            let limit = shared.rules.load().max_body_bytes();
+            Buffered::read(&mut body, limit).await.data()
+        } else {
+            Bytes::new()
+        };
+        let request = HaltRequest::read(&self.path_and_query, &parts.headers, &prefix);
+        answer(refusal, self.dialect, &request, shared).await
+    }
+
     /// Reads the start of the request body, asks the hooks again with it, then forwards the
     /// whole body unchanged or answers in its place.
     async fn admit_with_body<S>(
@@ -157,14 +184,26 @@ impl Pending {
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
         if encoded {
             let refusal = SyntheticResponse::body_not_checkable("encoded");
-            return answer(Refusal::Error(refusal), shared).await;
+            return answer(
+                Refusal::Error(refusal),
+                self.dialect,
+                &HaltRequest::default(),
+                shared,
+            )
+            .await;
         }
         let buffered = Buffered::read(&mut body, limit).await;
         match buffered.end {
             BufferEnd::Ended => {}
             BufferEnd::Cut => {
                 let refusal = SyntheticResponse::body_not_checkable("larger than max_body_bytes");
-                return answer(Refusal::Error(refusal), shared).await;
+                return answer(
+                    Refusal::Error(refusal),
+                    self.dialect,
+                    &HaltRequest::default(),
+                    shared,
+                )
+                .await;
             }
             BufferEnd::Failed(error) => return Err(error),
         }
@@ -179,14 +218,23 @@ impl Pending {
         match admission {
             Admission::NeedsBody => {
                 let refusal = SyntheticResponse::body_not_checkable("not readable as a form");
-                answer(Refusal::Error(refusal), shared).await
+                answer(
+                    Refusal::Error(refusal),
+                    self.dialect,
+                    &HaltRequest::default(),
+                    shared,
+                )
+                .await
             }
             Admission::Forward => {
                 let body = body::boxed(buffered.into_replay(body));
                 let request = Request::from_parts(parts, body);
                 self.forward(request, shared, |r| inner.call(r)).await
             }
-            Admission::Refuse(refusal) => answer(refusal, shared).await,
+            Admission::Refuse(refusal) => {
+                let request = HaltRequest::read(&self.path_and_query, &parts.headers, &prefix);
+                answer(refusal, self.dialect, &request, shared).await
+            }
         }
     }
 
@@ -216,6 +264,7 @@ impl Pending {
             .and_then(|s| shared.hooks.known_epoch(s));
         let snapshot = RequestSnapshot {
             provider: self.provider,
+            dialect: self.dialect,
             method: parts.method.clone(),
             path_and_query: self.path_and_query,
             headers: parts.headers.clone(),
@@ -233,18 +282,23 @@ impl Pending {
 }
 
 /// The answer to a request the hooks did not admit.
-async fn answer(refusal: Refusal, shared: Arc<Shared>) -> Result<Response<ProxyBody>, BoxError> {
+async fn answer(
+    refusal: Refusal,
+    dialect: Dialect,
+    request: &HaltRequest,
+    shared: Arc<Shared>,
+) -> Result<Response<ProxyBody>, BoxError> {
     let response = match refusal {
         Refusal::Halt(halt) => {
             shared.stats.short_circuited.inc();
             tracing::Span::current().record("rule", halt.rule.as_str());
-            halt.into_response()
+            halt.into_response(dialect, request)
         }
         Refusal::HaltAfter(halt) => {
             shared.stats.short_circuited.inc();
             let halt = halt.await;
             tracing::Span::current().record("rule", halt.rule.as_str());
-            halt.into_response()
+            halt.into_response(dialect, request)
         }
         Refusal::NotReady => {
             shared.stats.not_ready.inc();
@@ -361,7 +415,9 @@ async fn inspect(
     {
         Outcome::Halt(halt) => {
             shared.stats.count_halt(&halt.class);
-            halt.into_response()
+            let halt_request =
+                HaltRequest::read(&request.path_and_query, &request.headers, &request_body);
+            halt.into_response(request.dialect, &halt_request)
         }
         Outcome::Forward { action } => {
             if let Some(action) = action {
