@@ -175,7 +175,7 @@ async fn a_restart_with_a_large_state_forwards_no_closed_session_while_it_loads(
                 assert_eq!(headers["retry-after"], "1");
                 refused.fetch_add(1, Ordering::Relaxed);
             }
-            410 => {
+            SLACK_HALT if headers.contains_key("x-haltgate-halt") => {
                 halted.fetch_add(1, Ordering::Relaxed);
             }
             other => panic!("closed session {id} answered {other} while loading"),
@@ -261,12 +261,12 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
 
     let first = start_ready(&upstream, dir.path(), Some(fault.redis_url())).await;
     let agent = first.agent_addr();
-    assert_eq!(make(agent, &Call::new(Some("kicked"), "kick")).await.0, 410);
+    assert_eq!(make(agent, &Call::new(Some("kicked"), "kick")).await.0, SLACK_HALT);
     let blocked = Call {
         headers: vec![("authorization", "Bearer xoxb-REDACTED-2".into())],
         ..Call::new(Some("uses-bad-token"), "invalid_auth")
     };
-    assert_eq!(make(agent, &blocked).await.0, 410);
+    assert_eq!(make(agent, &blocked).await.0, SLACK_HALT);
     // Redis goes away; this closure can only wait in the outbox. (A rule that needs no
     // session scope: scoped rules cannot decide while the scope cannot be read.)
     fault.set(Fault::Refuse);
@@ -276,8 +276,8 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
     };
     let (status, _, body) = make(agent, &revoked).await;
     assert_eq!(
-        (status, body["rule"].as_str()),
-        (410, Some("slack.invalid_auth"))
+        (status, body["haltgate"]["rule"].as_str()),
+        (SLACK_HALT, Some("slack.invalid_auth"))
     );
     stop(first).await;
     let before = upstream.hits();
@@ -293,14 +293,14 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
         ("closed-while-down", "credential_invalid"),
     ] {
         let (status, headers, _) = make(agent, &Call::new(Some(session), "ok")).await;
-        assert_eq!(status, 410, "{session}");
+        assert_eq!(status, SLACK_HALT, "{session}");
         assert_eq!(headers["x-haltgate-halt"], class);
     }
     let reused = Call {
         headers: vec![("authorization", "bearer   xoxb-REDACTED-2".into())],
         ..Call::new(Some("another"), "ok")
     };
-    assert_eq!(make(agent, &reused).await.0, 410, "the block was kept");
+    assert_eq!(make(agent, &reused).await.0, SLACK_HALT, "the block was kept");
     assert_eq!(
         upstream.hits(),
         before,
@@ -408,7 +408,7 @@ async fn a_scope_that_cannot_be_read_closes_nothing() {
         make(app.agent_addr(), &Call::new(Some("scoped"), "kick"))
             .await
             .0,
-        410
+        SLACK_HALT
     );
     stop(app).await;
 }
@@ -436,14 +436,14 @@ async fn epochs_are_exact_integers_and_a_later_epoch_never_reopens() {
         "an open session is open at any epoch"
     );
 
-    assert_eq!(make(agent, &Call::new(Some("e"), "kick")).await.0, 410);
+    assert_eq!(make(agent, &Call::new(Some("e"), "kick")).await.0, SLACK_HALT);
     let before = upstream.hits();
     for later in ["1", "5", "9007199254740991"] {
         let call = Call {
             epoch: Some(later),
             ..Call::new(Some("e"), "ok")
         };
-        assert_eq!(make(agent, &call).await.0, 410, "epoch {later}");
+        assert_eq!(make(agent, &call).await.0, SLACK_HALT, "epoch {later}");
     }
     assert_eq!(upstream.hits(), before);
 
@@ -480,7 +480,7 @@ async fn epochs_are_exact_integers_and_a_later_epoch_never_reopens() {
         epoch: Some("0"),
         ..Call::new(Some("e"), "ok")
     };
-    assert_eq!(make(agent, &old).await.0, 410);
+    assert_eq!(make(agent, &old).await.0, SLACK_HALT);
     stop(app).await;
 }
 
@@ -491,7 +491,7 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
     let app = start_ready(&upstream, dir.path(), None).await;
     let agent = app.agent_addr();
     let (status, headers, _) = make(agent, &Call::new(None, "invalid_auth")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
     let before = upstream.hits();
     let spellings: Vec<(&str, String)> = vec![
@@ -510,7 +510,7 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
             ..Call::new(None, "ok")
         };
         let (status, headers, body) = make(agent, &call).await;
-        assert_eq!(status, 410, "{name}: {value:?}");
+        assert_eq!(status, SLACK_HALT, "{name}: {value:?}");
         assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
         assert!(
             !body.to_string().contains(TOKEN),
@@ -522,7 +522,7 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
         query: format!("&token={TOKEN}"),
         ..Call::new(None, "ok")
     };
-    assert_eq!(make(agent, &in_query).await.0, 410, "token query parameter");
+    assert_eq!(make(agent, &in_query).await.0, SLACK_HALT, "token query parameter");
     let in_form = Call {
         headers: vec![],
         form: Some(format!(
@@ -531,7 +531,7 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
         )),
         ..Call::new(None, "ok")
     };
-    assert_eq!(make(agent, &in_form).await.0, 410, "token form field");
+    assert_eq!(make(agent, &in_form).await.0, SLACK_HALT, "token form field");
     // A form the proxy cannot read through is refused, not forwarded unchecked.
     let past_the_limit = Call {
         headers: vec![],
@@ -574,7 +574,7 @@ async fn blocked_credential_closes_its_session(store: Option<String>) {
         make(agent, &Call::new(Some("first"), "invalid_auth"))
             .await
             .0,
-        410
+        SLACK_HALT
     );
 
     let past = haltgate::session::unix_ms_now() - 1_000;
@@ -594,9 +594,9 @@ async fn blocked_credential_closes_its_session(store: Option<String>) {
     }
     let before = upstream.hits();
     let (status, headers, body) = make(agent, &Call::new(Some("second"), "ok")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
-    assert_eq!(body["session"], "second");
+    assert_eq!(body["haltgate"]["session"], "second");
     assert_eq!(upstream.hits(), before);
 
     let (_, record) = control(&app, "GET", "/v1/sessions/second", None).await;
@@ -639,7 +639,7 @@ async fn blocked_credential_closes_its_session(store: Option<String>) {
         headers: vec![],
         ..Call::new(Some("second"), "ok")
     };
-    assert_eq!(make(agent, &bare).await.0, 410);
+    assert_eq!(make(agent, &bare).await.0, SLACK_HALT);
     stop(app).await;
 }
 

@@ -128,9 +128,9 @@ async fn metrics_count_requests_matches_halts_and_closures_as_they_happen() {
     let (status, _, _) = send(post_message(&proxy, "m1", "ok")).await;
     assert_eq!(status, 200);
     let (status, _, _) = send(post_message(&proxy, "m1", "kick")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     let (status, _, _) = send(post_message(&proxy, "m1", "ok")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     let (status, _, _) = send(get(&format!("http://{}/nowhere/x", proxy.agent_addr()))).await;
     assert_eq!(status, 404);
     assert_eq!(upstream.hits(), 2);
@@ -142,8 +142,9 @@ async fn metrics_count_requests_matches_halts_and_closures_as_they_happen() {
             &[("route", route), ("status_class", class)],
         )
     };
-    assert_eq!(requests("slack", "2xx"), 1.0);
-    assert_eq!(requests("slack", "4xx"), 2.0);
+    // Slack's halts are its own `ok: false` envelope, a 200.
+    assert_eq!(requests("slack", "2xx"), 3.0);
+    assert_eq!(requests("slack", "4xx"), 0.0);
     assert_eq!(requests("-", "4xx"), 1.0);
     assert_eq!(
         after.histogram_count("haltgate_upstream_latency_seconds", &[("route", "slack")]),
@@ -799,9 +800,9 @@ async fn json_logs_carry_the_request_span_and_the_cli_drives_the_control_api() {
     .await;
 
     let (status, _, _) = send(agent_post(agent, "cli-kick", "kick")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     let (status, _, _) = send(agent_post(agent, "cli-auth", "invalid_auth")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
 
     // sessions get: text for people, the record with --json.
     let (ok, out, err) = cli(control, token, &["sessions", "get", "cli-kick"]).await;

@@ -154,9 +154,9 @@ async fn planted_tokens_never_appear_in_logs_answers_or_state() {
         (
             format!("/slack/api/chat.postMessage?mode=kick&{q}"),
             "s-kick",
-            410,
+            SLACK_HALT,
         ),
-        (format!("/slack/api/chat.postMessage?{q}"), "s-kick", 410),
+        (format!("/slack/api/chat.postMessage?{q}"), "s-kick", SLACK_HALT),
         (format!("/dead/x?{q}"), "s-dead", 502),
         (format!("/slack/api/../admin?{q}"), "s-dots", 400),
         (format!("/nowhere/x?{q}"), "s-none", 404),
@@ -179,7 +179,7 @@ async fn planted_tokens_never_appear_in_logs_answers_or_state() {
         .unwrap();
     assert_eq!(response.status(), 400);
     seen += &transcript(response).await;
-    assert!(seen.contains("410"), "the scenario halts: {seen}");
+    assert!(seen.contains("x-haltgate-halt"), "the scenario halts: {seen}");
 
     // The same over HTTP/2.
     let tcp = tokio::net::TcpStream::connect(agent).await.unwrap();
@@ -197,7 +197,7 @@ async fn planted_tokens_never_appear_in_logs_answers_or_state() {
         (
             format!("/slack/api/chat.postMessage?mode=kick&{q}"),
             "s-h2",
-            410,
+            SLACK_HALT,
         ),
     ] {
         let response = h2
@@ -213,12 +213,12 @@ async fn planted_tokens_never_appear_in_logs_answers_or_state() {
         (
             format!("/slack/api/chat.postMessage?mode=invalid_auth&{q}"),
             "s-auth",
-            410,
+            SLACK_HALT,
         ),
         (
             format!("/slack/api/chat.postMessage?mode=ok&{q}"),
             "s-other",
-            410,
+            SLACK_HALT,
         ),
     ] {
         let response = client()

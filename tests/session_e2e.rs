@@ -92,15 +92,15 @@ async fn not_in_channel_closes_the_session_cancels_wakeups_and_halts_every_later
     // The bot was kicked: the first occurrence halts.
     let (status, headers, body) =
         send(post_message(&proxy, "s1", None, "kick", "xoxb-REDACTED")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     assert_eq!(headers["x-haltgate-halt"], "lost_access");
     assert_eq!(headers["x-haltgate-rule"], "slack.not_in_channel");
-    assert_eq!(body["class"], "lost_access");
-    assert_eq!(body["rule"], "slack.not_in_channel");
-    assert_eq!(body["session"], "s1");
-    assert_eq!(body["epoch"], 0);
-    assert_eq!(body["upstream_status"], 200);
-    assert!(body["message"].as_str().unwrap().contains("Do not retry"));
+    assert_eq!(body["haltgate"]["class"], "lost_access");
+    assert_eq!(body["haltgate"]["rule"], "slack.not_in_channel");
+    assert_eq!(body["haltgate"]["session"], "s1");
+    assert_eq!(body["haltgate"]["epoch"], 0);
+    assert_eq!(body["haltgate"]["upstream_status"], 200);
+    assert!(body["haltgate"]["message"].as_str().unwrap().contains("Do not retry"));
 
     let (_, record) = control(&proxy, "GET", "/v1/sessions/s1", None).await;
     assert_eq!(record["status"], "closed");
@@ -124,7 +124,7 @@ async fn not_in_channel_closes_the_session_cancels_wakeups_and_halts_every_later
     for _ in 0..1000 {
         let (status, headers, _) =
             send(post_message(&proxy, "s1", None, "ok", "xoxb-REDACTED")).await;
-        assert_eq!(status, 410);
+        assert_eq!(status, SLACK_HALT);
         assert_eq!(headers["x-haltgate-halt"], "lost_access");
     }
     assert_eq!(upstream.hits(), hits);
@@ -161,14 +161,14 @@ async fn a_closure_holds_across_a_restart() {
     let proxy = slack_proxy(&upstream, None).await;
     open_session(&proxy, "r1").await;
     let (status, _, _) = send(post_message(&proxy, "r1", None, "kick", "xoxb-REDACTED")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     let dir = proxy.stop().await;
 
     let proxy = start_proxy_in(proxy_flags(&[("slack", upstream.http_url())]), dir).await;
     wait_ready(&proxy).await;
     let hits = upstream.hits();
     let (status, headers, _) = send(post_message(&proxy, "r1", None, "ok", "xoxb-REDACTED")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     assert_eq!(headers["x-haltgate-rule"], "slack.not_in_channel");
     assert_eq!(upstream.hits(), hits);
 }
@@ -214,7 +214,7 @@ async fn a_stale_generation_cannot_close_a_reopened_session() {
     // Only now does the epoch-1 request get its lost-access answer.
     release.send_replace(true);
     let (status, _, _) = in_flight.await.unwrap();
-    assert_eq!(status, 410, "the stale request itself still halts");
+    assert_eq!(status, SLACK_HALT, "the stale request itself still halts");
 
     let (_, record) = control(&proxy, "GET", "/v1/sessions/f1", None).await;
     assert_eq!(record["status"], "open");
@@ -224,7 +224,7 @@ async fn a_stale_generation_cannot_close_a_reopened_session() {
     let (status, _, _) = send(post_message(&proxy, "f1", None, "ok", "xoxb-REDACTED")).await;
     assert_eq!(status, 200);
     let (status, _, _) = send(post_message(&proxy, "f1", Some(1), "ok", "xoxb-REDACTED")).await;
-    assert_eq!(status, 410, "epoch 1 is over");
+    assert_eq!(status, SLACK_HALT, "epoch 1 is over");
 }
 
 #[tokio::test]
@@ -255,7 +255,7 @@ async fn a_request_without_an_epoch_admitted_before_a_reopen_does_not_close_the_
     assert_eq!(open_session(&proxy, "f2").await["epoch"], 1);
     release.send_replace(true);
     let (status, _, _) = in_flight.await.unwrap();
-    assert_eq!(status, 410, "the stale request itself still halts");
+    assert_eq!(status, SLACK_HALT, "the stale request itself still halts");
 
     let (_, record) = control(&proxy, "GET", "/v1/sessions/f2", None).await;
     assert_eq!(
@@ -281,12 +281,12 @@ async fn an_invalid_credential_is_blocked_for_every_session_until_unblocked() {
         "xoxb-REVOKED",
     ))
     .await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
 
     let hits = upstream.hits();
     let (status, headers, _) = send(post_message(&proxy, "c2", None, "ok", "xoxb-REVOKED")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
     assert_eq!(upstream.hits(), hits);
     let (status, _, _) = send(post_message(&proxy, "c3", None, "ok", "xoxb-OTHER")).await;
@@ -448,7 +448,7 @@ async fn a_closure_on_one_instance_short_circuits_on_another_sharing_redis() {
         let id = format!("x{i}");
         let sent_at = Instant::now();
         let (status, _, _) = send(post_message(&a, &id, None, "kick", "xoxb-REDACTED")).await;
-        assert_eq!(status, 410);
+        assert_eq!(status, SLACK_HALT);
         let closed_at = Instant::now();
         let session = haltgate::session::SessionId::parse(&id).unwrap();
         loop {
@@ -482,7 +482,7 @@ async fn a_closure_on_one_instance_short_circuits_on_another_sharing_redis() {
     // B short-circuits without calling upstream.
     let hits = upstream.hits();
     let (status, headers, _) = send(post_message(&b, "x0", None, "ok", "xoxb-REDACTED")).await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     // x0 has no scope: the write to a channel that is gone for the bot decides.
     assert_eq!(headers["x-haltgate-rule"], "slack.write_to_gone_channel");
     assert_eq!(upstream.hits(), hits);
@@ -513,12 +513,12 @@ async fn a_closure_while_redis_is_down_halts_at_once_and_lands_when_redis_return
         "xoxb-REDACTED",
     ))
     .await;
-    assert_eq!(status, 410);
+    assert_eq!(status, SLACK_HALT);
     assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
     println!("halt while Redis is down took {:?}", started.elapsed());
     let hits = upstream.hits();
     let (status, _, _) = send(post_message(&proxy, "d1", None, "ok", "xoxb-REDACTED")).await;
-    assert_eq!(status, 410, "halted locally while Redis is down");
+    assert_eq!(status, SLACK_HALT, "halted locally while Redis is down");
     assert_eq!(upstream.hits(), hits);
     assert_eq!(proxy.gate().outbox().unwrap().len().await.unwrap(), 1);
 

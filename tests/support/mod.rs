@@ -195,6 +195,10 @@ pub async fn closed_port() -> SocketAddr {
 }
 
 /// Proxy flags with both listeners on port 0 and a throwaway store path.
+/// The status of a halt on a Slack route: Slack's own `ok: false` envelope, which its SDKs raise
+/// as a platform error, comes with 200 (`x-haltgate-halt` tells it from Slack's answers).
+pub const SLACK_HALT: u16 = 200;
+
 pub fn proxy_flags(routes: &[(&str, String)]) -> Overrides {
     Overrides {
         listen: Some("127.0.0.1:0".into()),
