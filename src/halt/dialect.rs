@@ -154,12 +154,14 @@ impl HaltResponse {
             Dialect::Generic => (HALT_STATUS, fields),
             // Slack SDKs raise `ok: false` as a platform error and never retry it; the code
             // names no condition they treat specially (rate limits, fatal/internal errors).
+            // `[ERROR] …` in `response_metadata.messages` is how Slack words a sentence for
+            // people; the Node SDK logs it as an error.
             Dialect::Slack => (
                 StatusCode::OK,
                 json!({
                     "ok": false,
                     "error": format!("haltgate_{}", self.class),
-                    "response_metadata": { "messages": [self.message] },
+                    "response_metadata": { "messages": [format!("[ERROR] {}", self.message)] },
                     "haltgate": fields,
                 }),
             ),
@@ -367,6 +369,10 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["ok"], false);
         assert_eq!(body["error"], "haltgate_lost_access");
+        assert_eq!(
+            body["response_metadata"]["messages"][0],
+            "[ERROR] Access to this resource was lost; this session is closed. Do not retry."
+        );
 
         let (status, _, body) = render(halt("lost_access"), Dialect::GitHub, &plain).await;
         assert_eq!(status, StatusCode::GONE);

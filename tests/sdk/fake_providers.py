@@ -6,7 +6,9 @@ The credential picks the script: a token `<prefix>-<scenario>-<n>` answers as `s
   revoked  the provider's invalid-credential answer
   r429     429 (with Retry-After) on the first hit, then ok
   r5xx     500 (529 for Anthropic) on the first hit, then ok
-Every hit is counted per token: `GET /_hits/<token>` answers the count (not through haltgate).
+Each provider has its own port, printed as one line `slack=PORT github=PORT linear=PORT
+anthropic=PORT`. Every hit is counted per token: `GET /_hits/<token>` on any port answers the
+count; `GET /_answer/<provider>/<scenario>` the bytes a scenario sends.
 Answers are fixed bytes, so the suite can compare what an SDK got with what was sent.
 """
 
@@ -59,6 +61,9 @@ ANSWERS = {
 }
 
 
+SCENARIOS = ("ok", "lost", "revoked", "r429", "r5xx")
+
+
 def token_of(headers, path):
     for name in ("x-api-key", "authorization"):
         value = headers.get(name)
@@ -67,11 +72,10 @@ def token_of(headers, path):
     return ""
 
 
-def provider_of(path):
-    first = path.split("/")[1] if path.count("/") >= 1 else ""
-    if first == "github" and path.split("?")[0].endswith("/graphql"):
+def provider_of(server, path):
+    if server.provider == "github" and path.split("?")[0].endswith("/graphql"):
         return "github-graphql"
-    return first
+    return server.provider
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -107,11 +111,10 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             HITS[token] = HITS.get(token, 0) + 1
             hit = HITS[token]
-        parts = token.split("-")
-        scenario = parts[-2] if len(parts) >= 3 else "ok"
+        scenario = next((p for p in token.split("-") if p in SCENARIOS), "ok")
         if scenario in ("r429", "r5xx") and hit > 1:
             scenario = "ok"
-        script = ANSWERS.get(provider_of(self.path), {})
+        script = ANSWERS.get(provider_of(self.server, self.path), {})
         if scenario not in script:
             return self.answer(404, {}, '{"message":"no such fake"}')
         self.answer(*script[scenario])
@@ -120,9 +123,15 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
+    # One port per provider, so upstream paths are the provider's own (`/repos/...`, `/graphql`).
+    ports = []
+    for provider in ("slack", "github", "linear", "anthropic"):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.provider = provider
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        ports.append(f"{provider}={server.server_address[1]}")
+    print(" ".join(ports), flush=True)
+    threading.Event().wait()
 
 
 if __name__ == "__main__":

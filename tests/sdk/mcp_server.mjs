@@ -1,6 +1,6 @@
 // The official TypeScript MCP server over Streamable HTTP, behind the SDK's own bearer-token
 // middleware. Tokens `mcp-ok-N` are valid, `mcp-revoked-N` are rejected as `invalid_token`.
-// `POST /admin/forget` drops every session, as a restarted server would.
+// `POST /admin/forget/TOKEN` drops the sessions opened with TOKEN, as a restarted server would.
 import express from "express";
 import { randomUUID } from "node:crypto";
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
@@ -11,6 +11,7 @@ import { z } from "zod";
 
 const hits = new Map();
 const transports = new Map();
+const sessionsOf = new Map();
 
 function newServer() {
   const server = new McpServer({ name: "files-ts", version: "1.0.0" });
@@ -32,9 +33,10 @@ const verifier = {
 const app = express();
 app.use(express.json());
 app.get("/_hits/:token", (req, res) => res.json({ hits: hits.get(req.params.token) ?? 0 }));
-app.post("/admin/forget", (_req, res) => {
-  transports.clear();
-  res.json({ forgotten: true });
+app.post("/admin/forget/:token", (req, res) => {
+  const sessions = sessionsOf.get(req.params.token) ?? [];
+  for (const sid of sessions) transports.delete(sid);
+  res.json({ forgotten: sessions.length });
 });
 app.use("/mcp", (req, _res, next) => {
   const token = (req.headers.authorization ?? "").split(" ").pop() || "-";
@@ -51,7 +53,11 @@ app.all("/mcp", requireBearerAuth({ verifier }), async (req, res) => {
     }
     transport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
-      onsessioninitialized: (sid) => transports.set(sid, transport),
+      onsessioninitialized: (sid) => {
+        transports.set(sid, transport);
+        const token = req.auth.token;
+        sessionsOf.set(token, [...(sessionsOf.get(token) ?? []), sid]);
+      },
     });
     await newServer().connect(transport);
   }
