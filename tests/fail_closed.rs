@@ -261,7 +261,10 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
 
     let first = start_ready(&upstream, dir.path(), Some(fault.redis_url())).await;
     let agent = first.agent_addr();
-    assert_eq!(make(agent, &Call::new(Some("kicked"), "kick")).await.0, SLACK_HALT);
+    assert_eq!(
+        make(agent, &Call::new(Some("kicked"), "kick")).await.0,
+        SLACK_HALT
+    );
     let blocked = Call {
         headers: vec![("authorization", "Bearer xoxb-REDACTED-2".into())],
         ..Call::new(Some("uses-bad-token"), "invalid_auth")
@@ -300,7 +303,11 @@ async fn a_cold_start_with_redis_down_halts_what_the_local_copy_and_outbox_knew(
         headers: vec![("authorization", "bearer   xoxb-REDACTED-2".into())],
         ..Call::new(Some("another"), "ok")
     };
-    assert_eq!(make(agent, &reused).await.0, SLACK_HALT, "the block was kept");
+    assert_eq!(
+        make(agent, &reused).await.0,
+        SLACK_HALT,
+        "the block was kept"
+    );
     assert_eq!(
         upstream.hits(),
         before,
@@ -436,7 +443,10 @@ async fn epochs_are_exact_integers_and_a_later_epoch_never_reopens() {
         "an open session is open at any epoch"
     );
 
-    assert_eq!(make(agent, &Call::new(Some("e"), "kick")).await.0, SLACK_HALT);
+    assert_eq!(
+        make(agent, &Call::new(Some("e"), "kick")).await.0,
+        SLACK_HALT
+    );
     let before = upstream.hits();
     for later in ["1", "5", "9007199254740991"] {
         let call = Call {
@@ -522,7 +532,11 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
         query: format!("&token={TOKEN}"),
         ..Call::new(None, "ok")
     };
-    assert_eq!(make(agent, &in_query).await.0, SLACK_HALT, "token query parameter");
+    assert_eq!(
+        make(agent, &in_query).await.0,
+        SLACK_HALT,
+        "token query parameter"
+    );
     let in_form = Call {
         headers: vec![],
         form: Some(format!(
@@ -531,7 +545,11 @@ async fn every_spelling_and_place_of_a_blocked_credential_is_refused() {
         )),
         ..Call::new(None, "ok")
     };
-    assert_eq!(make(agent, &in_form).await.0, SLACK_HALT, "token form field");
+    assert_eq!(
+        make(agent, &in_form).await.0,
+        SLACK_HALT,
+        "token form field"
+    );
     // A form the proxy cannot read through is refused, not forwarded unchecked.
     let past_the_limit = Call {
         headers: vec![],

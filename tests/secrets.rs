@@ -156,7 +156,11 @@ async fn planted_tokens_never_appear_in_logs_answers_or_state() {
             "s-kick",
             SLACK_HALT,
         ),
-        (format!("/slack/api/chat.postMessage?{q}"), "s-kick", SLACK_HALT),
+        (
+            format!("/slack/api/chat.postMessage?{q}"),
+            "s-kick",
+            SLACK_HALT,
+        ),
         (format!("/dead/x?{q}"), "s-dead", 502),
         (format!("/slack/api/../admin?{q}"), "s-dots", 400),
         (format!("/nowhere/x?{q}"), "s-none", 404),
@@ -179,7 +183,10 @@ async fn planted_tokens_never_appear_in_logs_answers_or_state() {
         .unwrap();
     assert_eq!(response.status(), 400);
     seen += &transcript(response).await;
-    assert!(seen.contains("x-haltgate-halt"), "the scenario halts: {seen}");
+    assert!(
+        seen.contains("x-haltgate-halt"),
+        "the scenario halts: {seen}"
+    );
 
     // The same over HTTP/2.
     let tcp = tokio::net::TcpStream::connect(agent).await.unwrap();

@@ -100,7 +100,10 @@ async fn not_in_channel_closes_the_session_cancels_wakeups_and_halts_every_later
     assert_eq!(body["haltgate"]["session"], "s1");
     assert_eq!(body["haltgate"]["epoch"], 0);
     assert_eq!(body["haltgate"]["upstream_status"], 200);
-    assert!(body["haltgate"]["message"].as_str().unwrap().contains("Do not retry"));
+    assert!(body["haltgate"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Do not retry"));
 
     let (_, record) = control(&proxy, "GET", "/v1/sessions/s1", None).await;
     assert_eq!(record["status"], "closed");
