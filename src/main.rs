@@ -211,8 +211,9 @@ struct ServeArgs {
     /// [default: haltgate-local.redb].
     #[arg(long, value_name = "FILE")]
     local_copy: Option<PathBuf>,
-    /// NAME=URL: send /NAME/REST to URL/REST. Repeatable.
-    #[arg(long = "route", value_name = "NAME=URL")]
+    /// NAME=URL or NAME:PROVIDER=URL: send /NAME/REST to URL/REST, inspected with PROVIDER's
+    /// rules and halting in its dialect (default: NAME). Repeatable.
+    #[arg(long = "route", value_name = "NAME[:PROVIDER]=URL")]
     routes: Vec<String>,
     /// PEM file with extra CA certificates trusted for upstream TLS.
     #[arg(long, value_name = "FILE")]

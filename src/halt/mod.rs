@@ -21,7 +21,12 @@
 //!   `Content-Length`, or by what arrived) passes uninspected and is counted in
 //!   [`HaltStats::uninspected`]; rules that need no body still decide it.
 //! - `text/event-stream` bodies are never held: each event is forwarded as it arrives and
-//!   classified on the way; a halt ends the stream with a final `haltgate.halt` event.
+//!   classified on the way; a halt ends the stream with a final event, the stream's own
+//!   error event where the route's [`Dialect`] has one.
+//!
+//! # Halts
+//! A [`HaltResponse`] is written in the dialect of the request's provider (the route's, see
+//! [`Dialect`]), so that each provider's SDKs raise it as their ordinary, non-retryable error.
 //!
 //! # Embedding
 //! ```no_run
