@@ -312,6 +312,32 @@ async fn rename_writes_and_configmap_symlink_swaps_are_picked_up() {
 }
 
 #[tokio::test]
+async fn the_hash_poll_alone_picks_up_an_edit() {
+    let upstream = start_upstream(echo_upstream()).await;
+    let dir = rules_dir(&[("edits.toml", edits("e1"))]);
+    let poll_only = ConfigSpec {
+        rules_reload: RulesReloadSpec {
+            watch: Some(false),
+            poll_interval: Some("100ms".into()),
+            last_good_dir: None,
+        },
+        ..ConfigSpec::default()
+    };
+    let proxy = start_proxy_with(
+        poll_only,
+        flags(dir.path(), &[("edits", upstream.http_url())]),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    std::fs::write(dir.path().join("edits.toml"), edits("e2")).unwrap();
+    eventually("the poll reloads", Duration::from_secs(5), async || {
+        live(proxy.agent_addr(), "edits", "e2", 0).await
+    })
+    .await;
+    assert_eq!(rules_status(&proxy).await["last_reload"]["trigger"], "poll");
+}
+
+#[tokio::test]
 async fn a_broken_edit_keeps_its_old_version_names_its_line_and_lets_other_files_go_live() {
     let upstream = start_upstream(echo_upstream()).await;
     let dir = rules_dir(&[

@@ -219,7 +219,7 @@ pub fn build(
         let mut errors: Vec<FileError> = refused.into_values().flatten().collect();
         errors.push(FileError::unlocated(
             &shown,
-            "no rule file would be left: refused (delete files one by one to remove rules)",
+            "no rule file would be in force: refused (haltgate never runs without rules)",
         ));
         return Err(errors);
     }
@@ -304,4 +304,88 @@ pub fn build(
         rejected: refused.keys().cloned().collect(),
         errors: refused.into_values().flatten().collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule_file(ids: &[&str]) -> String {
+        let mut text = String::from("schema = 1\n");
+        for id in ids {
+            text.push_str(&format!(
+                "[[rule]]\nid = \"{id}\"\nclass = \"lost_access\"\ndescription = \"t\"\n\
+                 [rule.when]\njson = [{{ path = \"error\", equals = \"{id}\" }}]\n"
+            ));
+        }
+        text
+    }
+
+    fn files(list: &[(&str, String)]) -> BTreeMap<String, RuleFile> {
+        list.iter()
+            .map(|(name, text)| (name.to_string(), RuleFile::new(*name, text.as_str())))
+            .collect()
+    }
+
+    fn snapshot(list: &[(&str, String)]) -> Snapshot {
+        Snapshot {
+            files: files(list)
+                .into_iter()
+                .map(|(name, file)| (name, Ok(file)))
+                .collect(),
+            digest: String::new(),
+        }
+    }
+
+    fn compiled(files: &BTreeMap<String, RuleFile>) -> RuleSet {
+        let dir = Path::new("rules");
+        RuleSet::from_sources(files.values().map(|f| source(dir, f)).collect()).unwrap()
+    }
+
+    #[test]
+    fn a_file_that_clashes_with_another_is_backed_out_alone() {
+        let dir = Path::new("/nonexistent-rules");
+        let before = files(&[
+            ("a.toml", rule_file(&["a.one"])),
+            ("b.toml", rule_file(&["b.one"])),
+            ("c.toml", rule_file(&["c.one"])),
+        ]);
+        let set = compiled(&before);
+        // b now defines a rule id a already has; c changes soundly.
+        let now = snapshot(&[
+            ("a.toml", rule_file(&["a.one"])),
+            ("b.toml", rule_file(&["b.one", "a.one"])),
+            ("c.toml", rule_file(&["c.one", "c.two"])),
+        ]);
+        let built = build(dir, &before, Some(&set), &now, Phase::Reload, 1024).unwrap();
+        assert_eq!(built.rejected, vec!["b.toml".to_owned()]);
+        assert_eq!(built.changed, vec!["c.toml".to_owned()]);
+        assert_eq!(built.files["b.toml"], before["b.toml"]);
+        let ids: Vec<&str> = built.set.rules().map(|rule| rule.id).collect();
+        assert_eq!(ids, ["a.one", "b.one", "c.one", "c.two"]);
+        let b = built.statuses.iter().find(|s| s.provider == "b").unwrap();
+        assert_eq!(b.state, FileState::Kept);
+        assert!(b.errors[0].message.contains("a.one"), "{:?}", b.errors);
+    }
+
+    #[test]
+    fn a_new_broken_file_is_refused_and_at_start_a_vanished_rule_is_not_a_truncation() {
+        let dir = Path::new("/nonexistent-rules");
+        let kept = files(&[("a.toml", rule_file(&["a.one", "a.two"]))]);
+        let set = compiled(&kept);
+        let now = snapshot(&[
+            ("a.toml", rule_file(&["a.one"])),
+            ("new.toml", "schema = 1\n[[rule]\n".to_owned()),
+        ]);
+        let built = build(dir, &kept, Some(&set), &now, Phase::Start, 1024).unwrap();
+        assert_eq!(built.changed, vec!["a.toml".to_owned()]);
+        let new = built.statuses.iter().find(|s| s.provider == "new").unwrap();
+        assert_eq!(new.state, FileState::Refused);
+        assert_eq!(new.errors[0].line, Some(2));
+        assert!(new.errors[0].location.ends_with("new.toml:2:7"), "{new:?}");
+
+        let built = build(dir, &kept, Some(&set), &now, Phase::Reload, 1024).unwrap();
+        assert!(built.changed.is_empty());
+        assert_eq!(built.rejected, vec!["a.toml".to_owned(), "new.toml".to_owned()]);
+    }
 }
