@@ -386,6 +386,9 @@ mod tests {
 
         let built = build(dir, &kept, Some(&set), &now, Phase::Reload, 1024).unwrap();
         assert!(built.changed.is_empty());
-        assert_eq!(built.rejected, vec!["a.toml".to_owned(), "new.toml".to_owned()]);
+        assert_eq!(
+            built.rejected,
+            vec!["a.toml".to_owned(), "new.toml".to_owned()]
+        );
     }
 }
