@@ -747,17 +747,9 @@ async fn post_reload(control: std::net::SocketAddr, token: Option<&str>) -> (u16
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    send(request.body(body::empty()).unwrap())
-        .await
-        .pipe(|(status, _, body)| (status, body))
+    let (status, _, body) = send(request.body(body::empty()).unwrap()).await;
+    (status, body)
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 #[tokio::test]
 async fn sighup_and_the_control_api_reload_the_running_binary() {
