@@ -16,7 +16,8 @@ use crate::forward::Forward;
 use crate::halt::{HaltLayer, HaltStats, SessionHooks};
 use crate::ingress::Ingress;
 use crate::metrics::{Metrics, TrafficStats};
-use crate::rules::{RuleErrors, RuleSet};
+use crate::rule_reload::{ReloadSettings, RuleReloader, StartRefused};
+use crate::rules::RuleSet;
 use crate::session::{
     open_store, unix_ms_now, ClosedSet, FeedConfig, LocalCopy, Outbox, RelayConfig, SessionStore,
     StoreError, StoreLocator,
@@ -36,8 +37,12 @@ pub enum StartError {
     Upstream(#[from] UpstreamSetupError),
     #[error("session store: {0}")]
     Store(StoreError),
-    #[error("rules in {dir} do not compile:\n{errors}")]
-    Rules { dir: String, errors: RuleErrors },
+    #[error(
+        "rules in {dir} cannot be loaded and no last good copy stands in for them:\n{refused}"
+    )]
+    Rules { dir: String, refused: StartRefused },
+    #[error("--strict: rules and routes do not match:\n  {}", .0.join("\n  "))]
+    Strict(Vec<String>),
 }
 
 /// How often the local copy is brought up to date with what the closed set learned.
@@ -90,6 +95,7 @@ pub struct App {
     control_addr: SocketAddr,
     readiness: Readiness,
     rules: Arc<ArcSwap<RuleSet>>,
+    reloader: Arc<RuleReloader>,
     stats: Arc<HaltStats>,
     gate: Arc<SessionGate>,
     trigger: ShutdownTrigger,
@@ -102,25 +108,44 @@ pub struct App {
 impl App {
     /// Opens the session store, binds both listeners and starts serving.
     pub async fn start(config: Config) -> Result<App, StartError> {
-        let rules = RuleSet::load_dir(&config.rules_dir)
-            .map_err(|errors| StartError::Rules {
-                dir: config.rules_dir.display().to_string(),
-                errors,
-            })?
-            .with_max_body_bytes(config.max_body_bytes);
+        let reloader = RuleReloader::start(ReloadSettings {
+            dir: config.rules_dir.clone(),
+            last_good_dir: config.rules_reload.last_good_dir.clone(),
+            max_body_bytes: config.max_body_bytes,
+            watch: config.rules_reload.watch,
+            poll_interval: config.rules_reload.poll_interval,
+            routes: config
+                .routes
+                .iter()
+                .map(|route| (route.name.to_string(), route.provider.to_string()))
+                .collect(),
+        })
+        .await
+        .map_err(|refused| StartError::Rules {
+            dir: config.rules_dir.display().to_string(),
+            refused,
+        })?;
+        let rules = reloader.rules().clone();
+        let warnings = reloader.warnings();
+        for warning in &warnings {
+            tracing::warn!(warning = %warning, "Rules and routes do not match.");
+        }
+        if config.strict && !warnings.is_empty() {
+            return Err(StartError::Strict(warnings));
+        }
         tracing::info!(
-            rules = rules.rule_count(),
+            rules = rules.load().rule_count(),
             dir = %config.rules_dir.display(),
+            version = %reloader.last_reload().version,
             "Rules loaded."
         );
-        let rules = Arc::new(ArcSwap::from_pointee(rules));
 
         let store = open_store(&config.store).await.map_err(StartError::Store)?;
         let shared_store = matches!(
             StoreLocator::parse(&config.store),
             Ok(StoreLocator::Redis { .. })
         );
-        let mut tasks = Vec::new();
+        let mut tasks = crate::rule_reload::spawn_triggers(&reloader);
         let (closed, outbox, local, local_secret) = if shared_store {
             // A shared store may be unreachable at start: what this instance learned before
             // (its local copy and its own outbox) is loaded first, so it never forwards a
@@ -223,7 +248,10 @@ impl App {
             signal.clone(),
             traffic.clone(),
         );
-        let metrics = Arc::new(Metrics::new(&traffic, &stats, gate.stats()));
+        let metrics = Arc::new(
+            Metrics::new(&traffic, &stats, gate.stats())
+                .with(|registry| reloader.register(registry)),
+        );
 
         let mut servers = JoinSet::new();
         servers.spawn(crate::server::serve(
@@ -242,7 +270,8 @@ impl App {
                 config.control.clone(),
             )
             .with_metrics(metrics)
-            .with_rules(rules.clone(), config.routes.host_providers()),
+            .with_rules(rules.clone(), config.routes.host_providers())
+            .with_reloader(reloader.clone()),
             signal,
             config.shutdown_grace,
             config.control_limits.clone(),
@@ -262,6 +291,7 @@ impl App {
             control_addr,
             readiness,
             rules,
+            reloader,
             stats,
             gate,
             trigger,
@@ -281,6 +311,11 @@ impl App {
     /// The rules in force; storing a new set swaps it for every later response.
     pub fn rules(&self) -> &Arc<ArcSwap<RuleSet>> {
         &self.rules
+    }
+
+    /// Reloads of the rule files (watch, poll, SIGHUP and the control API use it too).
+    pub fn reloader(&self) -> &Arc<RuleReloader> {
+        &self.reloader
     }
 
     pub fn stats(&self) -> &Arc<HaltStats> {

@@ -23,6 +23,9 @@ pub const DEFAULT_LOCAL_COPY: &str = "haltgate-local.redb";
 pub const DEFAULT_STORE_STARTUP_WAIT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CLOSURE_DETAIL_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+pub const DEFAULT_RULES_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// The last good rule files are kept in this directory beside the local copy.
+pub const DEFAULT_RULES_LAST_GOOD_DIR: &str = "haltgate-rules-last-good";
 
 /// `haltgate.toml` as written. Every table rejects unknown fields.
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +57,22 @@ pub struct ConfigSpec {
     pub limits: LimitsSpec,
     /// `[webhook]`: POST every event to the agent platform (see [`crate::webhook`]).
     pub webhook: Option<crate::webhook::WebhookSpec>,
+    #[serde(default)]
+    pub rules_reload: RulesReloadSpec,
+    /// Refuse to start when a route has no rule file or a rule file has no route.
+    pub strict: Option<bool>,
+}
+
+/// `[rules_reload]`: how rule edits go live without a restart.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesReloadSpec {
+    /// Watch the rules directory for changes (default true).
+    pub watch: Option<bool>,
+    /// Compare the files' content hashes this often, e.g. `"5s"`; `"0"` never polls.
+    pub poll_interval: Option<String>,
+    /// Where the last good rule files are kept [default: beside the local copy].
+    pub last_good_dir: Option<PathBuf>,
 }
 
 /// `[control]`: who may use the control API. Tokens live in files (or the environment), never
@@ -135,6 +154,8 @@ pub struct Overrides {
     pub control_token: Option<String>,
     /// `HALTGATE_CONTROL_READ_TOKEN`.
     pub control_read_token: Option<String>,
+    /// `--strict`: true wins over the file.
+    pub strict: bool,
 }
 
 /// A complete, validated configuration.
@@ -159,6 +180,18 @@ pub struct Config {
     /// Limits of the control listener: the agent ones with their own connection budget.
     pub control_limits: Limits,
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    pub rules_reload: RulesReload,
+    /// Refuse to start on a route without rules or a rule file without a route.
+    pub strict: bool,
+}
+
+/// How rule edits go live; see [`crate::rule_reload`].
+#[derive(Debug, Clone)]
+pub struct RulesReload {
+    pub watch: bool,
+    /// `None`: never polls.
+    pub poll_interval: Option<Duration>,
+    pub last_good_dir: PathBuf,
 }
 
 /// Every problem found in a configuration.
@@ -265,6 +298,12 @@ impl Config {
             spec.upstream.pool_idle_timeout,
             defaults.pool_idle_timeout,
         );
+        let rules_poll_interval = Some(duration(
+            "rules_reload.poll_interval",
+            spec.rules_reload.poll_interval,
+            DEFAULT_RULES_POLL_INTERVAL,
+        ))
+        .filter(|every| !every.is_zero());
 
         let mut extra_roots = Vec::new();
         if let Some(path) = flags.upstream_ca.or(spec.upstream.ca_file) {
@@ -323,6 +362,20 @@ impl Config {
                 errors,
             });
         }
+        let local_copy = flags
+            .local_copy
+            .or(spec.local_copy)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_COPY));
+        let rules_reload = RulesReload {
+            watch: spec.rules_reload.watch.unwrap_or(true),
+            poll_interval: rules_poll_interval,
+            last_good_dir: spec.rules_reload.last_good_dir.unwrap_or_else(|| {
+                local_copy
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .join(DEFAULT_RULES_LAST_GOOD_DIR)
+            }),
+        };
         Ok(Config {
             listen,
             control_listen,
@@ -335,10 +388,7 @@ impl Config {
                 .outbox
                 .or(spec.outbox)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTBOX)),
-            local_copy: flags
-                .local_copy
-                .or(spec.local_copy)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_COPY)),
+            local_copy,
             store_startup_wait,
             closure_detail_retention,
             shutdown_grace,
@@ -358,6 +408,8 @@ impl Config {
             limits,
             control_limits,
             webhook,
+            rules_reload,
+            strict: flags.strict || spec.strict.unwrap_or(false),
         })
     }
 }

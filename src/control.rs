@@ -17,6 +17,8 @@
 //! | `GET /v1/events?after=CURSOR&limit=N` | one page of the durable event log |
 //! | `GET /v1/credentials` | blocked credentials |
 //! | `DELETE /v1/credentials/{fingerprint}` | unblock |
+//! | `GET /v1/rules` | rules in force: version, rules, per-file status, last reload, route map and warnings |
+//! | `POST /v1/rules/reload` | reload the rule files now; answers the outcome (422 when a file was refused) |
 //!
 //! Every endpoint but `/healthz` and `/readyz` goes through [`ControlAuth`] first: token,
 //! browser origin, JSON content type.
@@ -41,6 +43,7 @@ use crate::control_auth::ControlAuth;
 use crate::halt::HaltStats;
 use crate::metrics::{Metrics, ScrapeGauges, METRICS_CONTENT_TYPE};
 use crate::observe::{observe, ObserveBody, ObserveError};
+use crate::rule_reload::{RuleReloader, Trigger};
 use crate::rules::RuleSet;
 use crate::session::{
     AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure, CredentialBlock, EventCursor,
@@ -95,6 +98,7 @@ pub struct Control {
     auth: Arc<ControlAuth>,
     metrics: Option<Arc<Metrics>>,
     rules: Option<RulesInForce>,
+    reloader: Option<Arc<RuleReloader>>,
 }
 
 /// The rules `observe` decides with, and the hosts that name a provider.
@@ -118,6 +122,7 @@ impl Control {
             auth: Arc::new(auth),
             metrics: None,
             rules: None,
+            reloader: None,
         }
     }
 
@@ -348,6 +353,9 @@ impl Control {
                 }
                 Ok(json_response(StatusCode::OK, stats))
             }
+            (&Method::GET, ["v1", "rules"]) | (&Method::POST, ["v1", "rules", "reload"]) => {
+                self.rules_api(&method).await
+            }
             (&Method::POST, ["v1", "sessions", id, "observe"]) => {
                 self.observe(id, request.into_body()).await
             }
@@ -363,6 +371,39 @@ impl Control {
                 format!("no control endpoint {method} {path}"),
             )),
         }
+    }
+}
+
+// === Rule reloads: `GET /v1/rules`, `POST /v1/rules/reload` ===
+
+impl Control {
+    /// Serves `GET /v1/rules` and `POST /v1/rules/reload` from `reloader`.
+    pub fn with_reloader(mut self, reloader: Arc<RuleReloader>) -> Self {
+        self.reloader = Some(reloader);
+        self
+    }
+
+    async fn rules_api(&self, method: &Method) -> Result<Response<ProxyBody>, Problem> {
+        let Some(reloader) = &self.reloader else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "this control listener does not reload rules",
+            ));
+        };
+        if method == Method::GET {
+            return Ok(json_response(StatusCode::OK, reloader.status_json()));
+        }
+        // The API always judges the files again, so it always has a report.
+        let report = reloader
+            .reload(Trigger::Api)
+            .await
+            .unwrap_or_else(|| reloader.last_reload());
+        let status = if report.outcome.refused_something() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        };
+        Ok(json_response(status, json!(report)))
     }
 }
 

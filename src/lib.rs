@@ -17,7 +17,8 @@
 //! - [`config`]: the file format, flag overrides and validation.
 //! - [`control`]: health, readiness and the control API; [`control_auth`] decides who may use it.
 //! - [`halt`]: the inspection middleware and the halt response.
-//! - [`rules`]: the pure rule engine; [`classify`] runs it over recorded exchanges.
+//! - [`rules`]: the pure rule engine; [`classify`] runs it over recorded exchanges;
+//!   [`rule_reload`] puts rule edits live while the proxy serves.
 //! - [`session`]: session stores (redb, Redis), the local closed set, the outbox;
 //!   [`session_gate`] puts them in the request path.
 //! - [`body`], [`shutdown`]: the body type and the shutdown signal every layer shares.
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod observe;
 pub mod operator;
 pub mod route;
+pub mod rule_reload;
 pub mod rules;
 pub mod server;
 pub mod session;

@@ -169,6 +169,21 @@ enum RulesCommand {
         /// A test case file (JSON).
         case: PathBuf,
     },
+    /// Show which recorded responses an edit would decide differently: each line of the
+    /// corpus (the JSON lines `haltgate classify` reads) is decided by OLD and by NEW.
+    /// Exit 1 when some class changes.
+    Diff {
+        /// Rule directory as it is now.
+        old: PathBuf,
+        /// Rule directory with the edit.
+        new: PathBuf,
+        /// Recorded exchanges, JSON lines.
+        #[arg(long, value_name = "FILE")]
+        corpus: PathBuf,
+        /// HOST=PROVIDER for lines that name no provider (repeatable; adds to the known hosts).
+        #[arg(long = "host", value_name = "HOST=PROVIDER", value_parser = parse_host)]
+        hosts: Vec<(String, String)>,
+    },
 }
 
 #[derive(Args)]
@@ -230,6 +245,9 @@ struct ServeArgs {
     /// Largest response body inspected by the rules, in bytes [default: 65536].
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<usize>,
+    /// Refuse to start when a route has no rule file or a rule file has no route.
+    #[arg(long)]
+    strict: bool,
 }
 
 fn main() -> ExitCode {
@@ -319,6 +337,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Tokens come from the environment or files only: flags would show in `ps`.
         control_token: std::env::var("HALTGATE_CONTROL_TOKEN").ok(),
         control_read_token: std::env::var("HALTGATE_CONTROL_READ_TOKEN").ok(),
+        strict: args.strict,
     };
     let mut config = Config::resolve(spec, flags, &source)?;
     if let Some(open_files) = raise_open_file_limit() {
@@ -399,8 +418,34 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
         RulesCommand::Explain { rules, case } => {
             haltgate::rules::cases::explain(&rules, &case, &mut out)?
         }
+        RulesCommand::Diff {
+            old,
+            new,
+            corpus,
+            hosts,
+        } => rules_diff(&old, &new, &corpus, hosts, &mut out)?,
     };
     Ok(exit_code(ok))
+}
+
+fn rules_diff(
+    old: &std::path::Path,
+    new: &std::path::Path,
+    corpus: &std::path::Path,
+    mut hosts: Vec<(String, String)>,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<bool> {
+    let load = |dir: &std::path::Path| {
+        haltgate::rules::RuleSet::load_dir(dir)
+            .map_err(|errors| anyhow::anyhow!("{}:\n{errors}", dir.display()))
+    };
+    let (old, new) = (load(old)?, load(new)?);
+    let corpus =
+        std::fs::read(corpus).with_context(|| format!("cannot read {}", corpus.display()))?;
+    let config = Config::resolve(ConfigSpec::default(), Overrides::default(), "rules diff")?;
+    hosts.extend(config.routes.host_providers());
+    let summary = haltgate::rule_reload::diff::run(&old, &new, &hosts, &corpus, out)?;
+    Ok(summary.class_changed == 0 && summary.errors == 0)
 }
 
 fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {

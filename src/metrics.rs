@@ -208,6 +208,12 @@ impl Metrics {
         }
     }
 
+    /// Adds metrics owned elsewhere (e.g. the rule reloads) to the same registry.
+    pub fn with(mut self, register: impl FnOnce(&mut Registry)) -> Self {
+        register(&mut self.registry);
+        self
+    }
+
     /// The text exposition, with the gauges set to `now`.
     pub fn encode(&self, now: ScrapeGauges) -> String {
         self.outbox_depth.set(now.outbox_depth);

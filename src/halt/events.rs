@@ -61,7 +61,7 @@ impl InspectEvents {
 
     /// Classifies the events completed by `chunk`; returns the first decisive match.
     fn classify_chunk(&mut self, chunk: &[u8]) -> Option<(Decision, String)> {
-        let rules = self.shared.rules.load();
+        let rules = &self.request.rules;
         let mut found = None;
         let request = &self.request;
         let head = ExchangeHead {
@@ -87,7 +87,7 @@ impl InspectEvents {
                 scope: Scope::Known(None),
             };
             if let Verdict::Decided(decision) = rules.classify(&exchange) {
-                note_shadow(&rules, &decision, request, status, stats);
+                note_shadow(rules, &decision, request, status, stats);
                 if decision.class != Class::Pass {
                     found = Some((decision, excerpt(data)));
                 }

@@ -64,6 +64,9 @@ pub(crate) struct RequestSnapshot {
     pub(crate) session: Option<SessionHeader>,
     pub(crate) started_ms: u64,
     pub(crate) admitted_epoch: Option<u64>,
+    /// The rules this request is decided by, loaded once: a reload during the request (or
+    /// during a streamed response) never mixes two versions in one decision.
+    pub(crate) rules: Arc<RuleSet>,
 }
 
 impl<S> Service<Request<ProxyBody>> for Halt<S>
@@ -272,6 +275,7 @@ impl Pending {
             session: self.session,
             started_ms: unix_ms_now(),
             admitted_epoch,
+            rules: shared.rules.load_full(),
         };
         let forwarded = send(Request::from_parts(parts, body));
         async move {
@@ -343,7 +347,7 @@ async fn inspect(
     request: RequestSnapshot,
     shared: Arc<Shared>,
 ) -> Response<ProxyBody> {
-    let rules = shared.rules.load_full();
+    let rules = request.rules.clone();
     let (mut parts, body) = response.into_parts();
     let needs_body = {
         let head = head(&request, &parts);

@@ -470,3 +470,29 @@ pub fn explain(dir: &Path, case_path: &Path, out: &mut dyn Write) -> io::Result<
     }
     Ok(ok)
 }
+
+/// The failures of the cases in `tests_dir/<provider>/` and of the shared transient corpus
+/// against `rules`, each prefixed with its case file. Hot reload runs this for every changed
+/// rule file before it goes live; coverage (a case per rule) is left to `rules test`. A missing
+/// `tests_dir` has no cases, so nothing fails.
+pub fn failures_for_provider(rules: &RuleSet, tests_dir: &Path, provider: &str) -> Vec<String> {
+    let Ok(files) = discover(tests_dir) else {
+        return Vec::new();
+    };
+    let hosts = default_hosts();
+    let mut failures = Vec::new();
+    for (path, kind) in files {
+        let run = match (&kind, CaseFile::read(&path)) {
+            (CaseKind::Provider(dir), _) if dir != provider => continue,
+            (_, Err(message)) => CaseRun {
+                failures: vec![message],
+                explanations: Vec::new(),
+            },
+            (CaseKind::Provider(dir), Ok(case)) => run_provider_case(rules, &case, dir, &hosts),
+            (CaseKind::Transient, Ok(case)) => run_transient_case(rules, &case),
+        };
+        let shown = path.display();
+        failures.extend(run.failures.into_iter().map(|f| format!("{shown}: {f}")));
+    }
+    failures
+}
