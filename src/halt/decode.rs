@@ -302,7 +302,8 @@ impl Layer {
 
     fn write(&mut self, input: &[u8]) -> io::Result<()> {
         match self {
-            Layer::Gzip(decoder) => decoder.write_all(input),
+            // The decoder holds back what it decoded until flushed; a stream needs it now.
+            Layer::Gzip(decoder) => decoder.write_all(input).and_then(|()| decoder.flush()),
             Layer::Deflate(inflate) => inflate.write(input),
             Layer::Brotli(decoder) => decoder.write_all(input),
             Layer::Zstd(unzstd) => unzstd.write(input),
