@@ -536,7 +536,11 @@ mod tests {
 
     #[test]
     fn several_gzip_members_decode_as_one_body() {
-        let body = [gzip(b"{\"ok\":false,"), gzip(b"\"error\":\"not_in_channel\"}")].concat();
+        let body = [
+            gzip(b"{\"ok\":false,"),
+            gzip(b"\"error\":\"not_in_channel\"}"),
+        ]
+        .concat();
         let decoded = for_rules(&encoded("gzip"), body.into(), 1024).unwrap();
         assert_eq!(&decoded[..], SLACK);
     }
@@ -559,9 +563,7 @@ mod tests {
                     .unwrap();
                 let mut out = Vec::new();
                 for chunk in body.chunks(piece) {
-                    decoder
-                        .feed(chunk, |d| out.extend_from_slice(d))
-                        .unwrap();
+                    decoder.feed(chunk, |d| out.extend_from_slice(d)).unwrap();
                 }
                 assert_eq!(out, events, "{name} in pieces of {piece}");
             }

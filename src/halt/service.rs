@@ -335,10 +335,12 @@ async fn inspect(
         Ok(_) => {
             shared.stats.inspected.inc();
         }
-        Err(reason) => shared.stats.count_uninspected(reason.unwrap_or(match buffered.end {
-            BufferEnd::Failed(_) => Uninspected::ReadFailed,
-            _ => Uninspected::TooLarge,
-        })),
+        Err(reason) => shared
+            .stats
+            .count_uninspected(reason.unwrap_or(match buffered.end {
+                BufferEnd::Failed(_) => Uninspected::ReadFailed,
+                _ => Uninspected::TooLarge,
+            })),
     }
     let complete = complete.ok();
     let response_body = match &complete {
