@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::control_auth::{ControlAuth, ControlToken};
 use crate::route::{Route, RouteTable};
 use crate::server::Limits;
+use crate::storm::{StormSettings, DEFAULT_COOL_DOWN, DEFAULT_MAX_CLOSURES_PER_MINUTE};
 use crate::upstream::{read_ca_file, UpstreamSettings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -53,6 +54,19 @@ pub struct ConfigSpec {
     pub limits: LimitsSpec,
     /// `[webhook]`: POST every event to the agent platform (see [`crate::webhook`]).
     pub webhook: Option<crate::webhook::WebhookSpec>,
+    #[serde(default)]
+    pub storm: StormSpec,
+}
+
+/// `[storm]`: how many sessions one provider may close per minute before its halting rules
+/// act as shadow rules for a cool-down (see [`crate::storm`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormSpec {
+    /// Distinct sessions (or credentials, for requests without a session); `0` turns it off.
+    pub max_closures_per_minute: Option<u32>,
+    /// e.g. `"10m"`.
+    pub cool_down: Option<String>,
 }
 
 /// `[control]`: who may use the control API. Tokens live in files (or the environment), never
@@ -126,6 +140,8 @@ pub struct Overrides {
     pub response_header_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub max_body_bytes: Option<usize>,
+    pub storm_max_closures_per_minute: Option<u32>,
+    pub storm_cool_down: Option<String>,
     /// `HALTGATE_CONTROL_TOKEN`: wins over `control.token_file` only when that is unset.
     pub control_token: Option<String>,
     /// `HALTGATE_CONTROL_READ_TOKEN`.
@@ -154,6 +170,7 @@ pub struct Config {
     /// Limits of the control listener: the agent ones with their own connection budget.
     pub control_limits: Limits,
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    pub storm: StormSettings,
 }
 
 /// Every problem found in a configuration.
@@ -260,6 +277,17 @@ impl Config {
             spec.upstream.pool_idle_timeout,
             defaults.pool_idle_timeout,
         );
+        let storm = StormSettings {
+            max_closures_per_minute: flags
+                .storm_max_closures_per_minute
+                .or(spec.storm.max_closures_per_minute)
+                .unwrap_or(DEFAULT_MAX_CLOSURES_PER_MINUTE),
+            cool_down: duration(
+                "storm.cool_down",
+                flags.storm_cool_down.or(spec.storm.cool_down),
+                DEFAULT_COOL_DOWN,
+            ),
+        };
 
         let mut extra_roots = Vec::new();
         if let Some(path) = flags.upstream_ca.or(spec.upstream.ca_file) {
@@ -275,6 +303,10 @@ impl Config {
             .unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             errors.push("inspect.max_body_bytes must be at least 1".to_owned());
+        }
+
+        if storm.cool_down.is_zero() || storm.cool_down > Duration::from_secs(86_400) {
+            errors.push("storm.cool_down must be longer than zero and at most a day".to_owned());
         }
 
         let limits = resolve_limits(&spec.limits, &mut errors);
@@ -353,6 +385,7 @@ impl Config {
             limits,
             control_limits,
             webhook,
+            storm,
         })
     }
 }

@@ -229,6 +229,13 @@ struct ServeArgs {
     /// Largest response body inspected by the rules, in bytes [default: 65536].
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<usize>,
+    /// Distinct sessions one provider may close per minute before its halting rules act as
+    /// shadow rules for the cool-down; 0 turns this off [default: 50].
+    #[arg(long, value_name = "N")]
+    storm_max_closures_per_minute: Option<u32>,
+    /// How long a provider's halting rules stay shadow after too many closures [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    storm_cool_down: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -315,6 +322,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         response_header_timeout: args.response_header_timeout,
         shutdown_grace: args.shutdown_grace,
         max_body_bytes: args.max_body_bytes,
+        storm_max_closures_per_minute: args.storm_max_closures_per_minute,
+        storm_cool_down: args.storm_cool_down,
         // Tokens come from the environment or files only: flags would show in `ps`.
         control_token: std::env::var("HALTGATE_CONTROL_TOKEN").ok(),
         control_read_token: std::env::var("HALTGATE_CONTROL_READ_TOKEN").ok(),
