@@ -15,12 +15,12 @@ use crate::halt::{
 };
 use crate::metrics::SessionStats;
 use crate::rules::Class;
-use crate::storm::{Admit, StormBreaker};
 use crate::session::{
     close_or_enqueue, CloseClass, CloseDisposition, CloseOutcome, ClosedSet, Closure,
     CredentialBlock, CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId,
     SessionStore, StoreError,
 };
+use crate::storm::{Admit, StormBreaker};
 
 /// The session state one proxy instance acts through, shared by the halt layer and the
 /// control API.

@@ -262,11 +262,23 @@ mod tests {
         let breaker = breaker(2);
         let t = Instant::now();
         assert_eq!(breaker.admit("slack", "s1", t), Admit::Enforce);
-        assert_eq!(breaker.admit("slack", "s1", t), Admit::Enforce, "same session");
+        assert_eq!(
+            breaker.admit("slack", "s1", t),
+            Admit::Enforce,
+            "same session"
+        );
         assert_eq!(breaker.admit("slack", "s2", t), Admit::Enforce);
-        assert_eq!(breaker.admit("github", "s3", t), Admit::Enforce, "per provider");
+        assert_eq!(
+            breaker.admit("github", "s3", t),
+            Admit::Enforce,
+            "per provider"
+        );
         assert_eq!(breaker.admit("slack", "s3", t), Admit::Shadow);
-        assert_eq!(breaker.admit("slack", "s1", t), Admit::Shadow, "open for all");
+        assert_eq!(
+            breaker.admit("slack", "s1", t),
+            Admit::Shadow,
+            "open for all"
+        );
         let later = t + Duration::from_secs(599);
         assert_eq!(breaker.admit("slack", "s4", later), Admit::Shadow);
         let after = t + Duration::from_secs(600);
