@@ -74,6 +74,8 @@ enum Command {
     Credentials(Operator<CredentialsCommand>),
     /// Read the event log through the control API.
     Events(Operator<EventsCommand>),
+    /// Show and reset provider storm breakers through the control API.
+    Storm(Operator<StormCommand>),
 }
 
 /// Options of every command that talks to a running proxy's control API.
@@ -118,6 +120,14 @@ enum CredentialsCommand {
     List,
     /// Unblock a credential by fingerprint.
     Unblock { fingerprint: String },
+}
+
+#[derive(Subcommand)]
+enum StormCommand {
+    /// Show each provider's storm breaker.
+    Status,
+    /// Close a provider's storm breaker: its halting rules act again at once.
+    Reset { provider: String },
 }
 
 #[derive(Subcommand)]
@@ -264,6 +274,13 @@ fn main() -> ExitCode {
                 CredentialsCommand::Unblock { ref fingerprint } => {
                     Operation::CredentialUnblock(fingerprint.clone())
                 }
+            };
+            operate(&args.control, args.json, operation)
+        }
+        Command::Storm(args) => {
+            let operation = match args.command {
+                StormCommand::Status => Operation::StormStatus,
+                StormCommand::Reset { ref provider } => Operation::StormReset(provider.clone()),
             };
             operate(&args.control, args.json, operation)
         }

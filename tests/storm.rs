@@ -104,9 +104,32 @@ async fn an_outage_closes_at_most_the_limit_then_passes_as_shadow_until_reset() 
     let ready: Value = serde_json::from_slice(&read_body(ready).await).unwrap();
     assert_eq!(ready["storm"]["providers"]["slack"]["open"], true);
 
-    let (status, answer) = control(&proxy, "POST", "/v1/storm/slack/reset", None).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["was_open"], true);
+    // The operator command resets it through the control API.
+    let operator =
+        haltgate::operator::ControlClient::new(&format!("http://{}", proxy.control_addr()), None)
+            .unwrap();
+    let mut printed = Vec::new();
+    haltgate::operator::run(
+        &operator,
+        haltgate::operator::Operation::StormStatus,
+        false,
+        &mut printed,
+    )
+    .await
+    .unwrap();
+    let printed = String::from_utf8(printed).unwrap();
+    assert!(printed.contains("slack  OPEN"), "{printed}");
+    let mut printed = Vec::new();
+    haltgate::operator::run(
+        &operator,
+        haltgate::operator::Operation::StormReset("slack".into()),
+        true,
+        &mut printed,
+    )
+    .await
+    .unwrap();
+    let answer: Value = serde_json::from_slice(&printed).unwrap();
+    assert_eq!(answer["was_open"], true, "{answer}");
     assert_eq!(metric(&proxy, "haltgate_storm_breaker_open").await, 0.0);
     let (halted, _, status) = call(&proxy, "after-reset").await;
     assert!(halted, "halting resumes after the reset");
