@@ -24,6 +24,7 @@ use crate::session::{
 };
 use crate::session_gate::SessionGate;
 use crate::shutdown::{self, ShutdownTrigger};
+use crate::storm::StormBreaker;
 use crate::upstream::{build_client, UpstreamSetupError};
 
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +190,12 @@ impl App {
             tasks.push(closed.spawn_feed(store.clone(), FeedConfig::default()));
             (closed, None, None, None)
         };
-        let gate = Arc::new(SessionGate::new(store, closed, outbox).with_local_copy(local));
+        let storm = Arc::new(StormBreaker::new(config.storm));
+        let gate = Arc::new(
+            SessionGate::new(store, closed, outbox)
+                .with_local_copy(local)
+                .with_storm_breaker(storm.clone()),
+        );
         tasks.push(tokio::spawn(gate.clone().load_key(local_secret)));
         if let Some(retention) = config.closure_detail_retention {
             tasks.push(tokio::spawn(prune_closure_details(
@@ -248,10 +254,10 @@ impl App {
             signal.clone(),
             traffic.clone(),
         );
-        let metrics = Arc::new(
-            Metrics::new(&traffic, &stats, gate.stats())
-                .with(|registry| reloader.register(registry)),
-        );
+        let mut metrics = Metrics::new(&traffic, &stats, gate.stats())
+            .with(|registry| reloader.register(registry));
+        metrics.register_storm(&storm);
+        let metrics = Arc::new(metrics);
 
         let mut servers = JoinSet::new();
         servers.spawn(crate::server::serve(
@@ -271,7 +277,8 @@ impl App {
             )
             .with_metrics(metrics)
             .with_rules(rules.clone(), config.routes.host_providers())
-            .with_reloader(reloader.clone()),
+            .with_reloader(reloader.clone())
+            .with_storm_breaker(storm),
             signal,
             config.shutdown_grace,
             config.control_limits.clone(),

@@ -12,6 +12,7 @@ use crate::control_auth::{ControlAuth, ControlToken};
 use crate::halt::Dialect;
 use crate::route::{Route, RouteTable};
 use crate::server::Limits;
+use crate::storm::{StormSettings, DEFAULT_COOL_DOWN, DEFAULT_MAX_CLOSURES_PER_MINUTE};
 use crate::upstream::{read_ca_file, UpstreamSettings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -58,6 +59,8 @@ pub struct ConfigSpec {
     /// `[webhook]`: POST every event to the agent platform (see [`crate::webhook`]).
     pub webhook: Option<crate::webhook::WebhookSpec>,
     #[serde(default)]
+    pub storm: StormSpec,
+    #[serde(default)]
     pub rules_reload: RulesReloadSpec,
     /// Refuse to start when a route has no rule file or a rule file has no route.
     pub strict: Option<bool>,
@@ -73,6 +76,17 @@ pub struct RulesReloadSpec {
     pub poll_interval: Option<String>,
     /// Where the last good rule files are kept [default: beside the local copy].
     pub last_good_dir: Option<PathBuf>,
+}
+
+/// `[storm]`: how many sessions one provider may close per minute before its halting rules
+/// act as shadow rules for a cool-down (see [`crate::storm`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormSpec {
+    /// Distinct sessions (or credentials, for requests without a session); `0` turns it off.
+    pub max_closures_per_minute: Option<u32>,
+    /// e.g. `"10m"`.
+    pub cool_down: Option<String>,
 }
 
 /// `[control]`: who may use the control API. Tokens live in files (or the environment), never
@@ -150,6 +164,8 @@ pub struct Overrides {
     pub response_header_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub max_body_bytes: Option<usize>,
+    pub storm_max_closures_per_minute: Option<u32>,
+    pub storm_cool_down: Option<String>,
     /// `HALTGATE_CONTROL_TOKEN`: wins over `control.token_file` only when that is unset.
     pub control_token: Option<String>,
     /// `HALTGATE_CONTROL_READ_TOKEN`.
@@ -180,6 +196,7 @@ pub struct Config {
     /// Limits of the control listener: the agent ones with their own connection budget.
     pub control_limits: Limits,
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    pub storm: StormSettings,
     pub rules_reload: RulesReload,
     /// Refuse to start on a route without rules or a rule file without a route.
     pub strict: bool,
@@ -304,6 +321,17 @@ impl Config {
             DEFAULT_RULES_POLL_INTERVAL,
         ))
         .filter(|every| !every.is_zero());
+        let storm = StormSettings {
+            max_closures_per_minute: flags
+                .storm_max_closures_per_minute
+                .or(spec.storm.max_closures_per_minute)
+                .unwrap_or(DEFAULT_MAX_CLOSURES_PER_MINUTE),
+            cool_down: duration(
+                "storm.cool_down",
+                flags.storm_cool_down.or(spec.storm.cool_down),
+                DEFAULT_COOL_DOWN,
+            ),
+        };
 
         let mut extra_roots = Vec::new();
         if let Some(path) = flags.upstream_ca.or(spec.upstream.ca_file) {
@@ -319,6 +347,10 @@ impl Config {
             .unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             errors.push("inspect.max_body_bytes must be at least 1".to_owned());
+        }
+
+        if storm.cool_down.is_zero() || storm.cool_down > Duration::from_secs(86_400) {
+            errors.push("storm.cool_down must be longer than zero and at most a day".to_owned());
         }
 
         let limits = resolve_limits(&spec.limits, &mut errors);
@@ -410,6 +442,7 @@ impl Config {
             webhook,
             rules_reload,
             strict: flags.strict || spec.strict.unwrap_or(false),
+            storm,
         })
     }
 }

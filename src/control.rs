@@ -19,6 +19,7 @@
 //! | `DELETE /v1/credentials/{fingerprint}` | unblock |
 //! | `GET /v1/rules` | rules in force: version, rules, per-file status, last reload, route map and warnings |
 //! | `POST /v1/rules/reload` | reload the rule files now; answers the outcome (422 when a file was refused) |
+//! | `POST /v1/storm/{provider}/reset` | close a provider's storm breaker (see [`crate::storm`]) |
 //!
 //! Every endpoint but `/healthz` and `/readyz` goes through [`ControlAuth`] first: token,
 //! browser origin, JSON content type.
@@ -50,6 +51,7 @@ use crate::session::{
     Fingerprint, OpenSpec, SessionId, SessionRecord, StoreError,
 };
 use crate::session_gate::SessionGate;
+use crate::storm::StormBreaker;
 use crate::synthetic::json_response;
 
 /// Largest JSON body the control API reads.
@@ -99,6 +101,7 @@ pub struct Control {
     metrics: Option<Arc<Metrics>>,
     rules: Option<RulesInForce>,
     reloader: Option<Arc<RuleReloader>>,
+    storm: Option<Arc<StormBreaker>>,
 }
 
 /// The rules `observe` decides with, and the hosts that name a provider.
@@ -123,6 +126,7 @@ impl Control {
             metrics: None,
             rules: None,
             reloader: None,
+            storm: None,
         }
     }
 
@@ -328,21 +332,22 @@ impl Control {
                     .collect();
                 // How a closure counts as stored, so an operator sees it where readiness is.
                 let replicas = self.gate.store().replicas_to_ack();
-                Ok(if failing.is_empty() {
-                    json_response(
-                        StatusCode::OK,
-                        json!({"status": "ready", "checks": checks, "failing": failing,
-                               "store_replicas_to_ack": replicas}),
-                    )
+                let (status, word) = if failing.is_empty() {
+                    (StatusCode::OK, "ready")
                 } else {
-                    json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"status": "starting", "checks": checks, "failing": failing,
-                               "store_replicas_to_ack": replicas}),
-                    )
-                })
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                };
+                let mut body = json!({"status": word, "checks": checks, "failing": failing,
+                                      "store_replicas_to_ack": replicas});
+                self.add_storm_detail(&mut body);
+                Ok(json_response(status, body))
             }
-            (&Method::GET, ["metrics"]) => self.metrics().await,
+            (&Method::GET, ["metrics"]) => {
+                if let Some(storm) = &self.storm {
+                    storm.refresh(std::time::Instant::now());
+                }
+                self.metrics().await
+            }
             (&Method::GET, ["v1", "stats"]) => {
                 let mut stats = self.stats.to_json();
                 stats["closed_sessions"] = json!(self.gate.closed().closed_count());
@@ -351,11 +356,13 @@ impl Control {
                 if let Some(outbox) = self.gate.outbox() {
                     stats["outbox_pending"] = json!(outbox.len().await.ok());
                 }
+                self.add_storm_detail(&mut stats);
                 Ok(json_response(StatusCode::OK, stats))
             }
             (&Method::GET, ["v1", "rules"]) | (&Method::POST, ["v1", "rules", "reload"]) => {
                 self.rules_api(&method).await
             }
+            (_, ["v1", "storm", ..]) => self.storm_api(&method, &segments[2..]),
             (&Method::POST, ["v1", "sessions", id, "observe"]) => {
                 self.observe(id, request.into_body()).await
             }
@@ -404,6 +411,45 @@ impl Control {
             StatusCode::OK
         };
         Ok(json_response(status, json!(report)))
+    }
+}
+
+/// The storm breaker on the control API: shown in `/v1/stats` and `/readyz` (never failing
+/// readiness), reset by `POST /v1/storm/{provider}/reset`.
+impl Control {
+    /// Closes provider storm breakers through `storm`.
+    pub fn with_storm_breaker(mut self, storm: Arc<StormBreaker>) -> Self {
+        self.storm = Some(storm);
+        self
+    }
+
+    fn add_storm_detail(&self, body: &mut Value) {
+        if let Some(storm) = &self.storm {
+            body["storm"] = storm.to_json(std::time::Instant::now());
+        }
+    }
+
+    fn storm_api(&self, method: &Method, path: &[&str]) -> Result<Response<ProxyBody>, Problem> {
+        let Some(storm) = &self.storm else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "this control listener has no storm breaker",
+            ));
+        };
+        match (method, path) {
+            (&Method::POST, [provider, "reset"]) => {
+                let provider = percent_decode(provider)?;
+                let was_open = storm.reset(&provider);
+                Ok(json_response(
+                    StatusCode::OK,
+                    json!({"provider": provider, "reset": true, "was_open": was_open}),
+                ))
+            }
+            _ => Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("no control endpoint {method} /v1/storm/{}", path.join("/")),
+            )),
+        }
     }
 }
 

@@ -20,7 +20,8 @@
 //! - [`rules`]: the pure rule engine; [`classify`] runs it over recorded exchanges;
 //!   [`rule_reload`] puts rule edits live while the proxy serves.
 //! - [`session`]: session stores (redb, Redis), the local closed set, the outbox;
-//!   [`session_gate`] puts them in the request path.
+//!   [`session_gate`] puts them in the request path; [`storm`] keeps a provider outage from
+//!   closing every session at once.
 //! - [`body`], [`shutdown`]: the body type and the shutdown signal every layer shares.
 #![forbid(unsafe_code)]
 
@@ -43,6 +44,7 @@ pub mod server;
 pub mod session;
 pub mod session_gate;
 pub mod shutdown;
+pub mod storm;
 pub mod synthetic;
 pub mod upstream;
 pub mod webhook;

@@ -74,6 +74,8 @@ enum Command {
     Credentials(Operator<CredentialsCommand>),
     /// Read the event log through the control API.
     Events(Operator<EventsCommand>),
+    /// Show and reset provider storm breakers through the control API.
+    Storm(Operator<StormCommand>),
 }
 
 /// Options of every command that talks to a running proxy's control API.
@@ -118,6 +120,14 @@ enum CredentialsCommand {
     List,
     /// Unblock a credential by fingerprint.
     Unblock { fingerprint: String },
+}
+
+#[derive(Subcommand)]
+enum StormCommand {
+    /// Show each provider's storm breaker.
+    Status,
+    /// Close a provider's storm breaker: its halting rules act again at once.
+    Reset { provider: String },
 }
 
 #[derive(Subcommand)]
@@ -248,6 +258,13 @@ struct ServeArgs {
     /// Refuse to start when a route has no rule file or a rule file has no route.
     #[arg(long)]
     strict: bool,
+    /// Distinct sessions one provider may close per minute before its halting rules act as
+    /// shadow rules for the cool-down; 0 turns this off [default: 50].
+    #[arg(long, value_name = "N")]
+    storm_max_closures_per_minute: Option<u32>,
+    /// How long a provider's halting rules stay shadow after too many closures [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    storm_cool_down: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -276,6 +293,13 @@ fn main() -> ExitCode {
                 CredentialsCommand::Unblock { ref fingerprint } => {
                     Operation::CredentialUnblock(fingerprint.clone())
                 }
+            };
+            operate(&args.control, args.json, operation)
+        }
+        Command::Storm(args) => {
+            let operation = match args.command {
+                StormCommand::Status => Operation::StormStatus,
+                StormCommand::Reset { ref provider } => Operation::StormReset(provider.clone()),
             };
             operate(&args.control, args.json, operation)
         }
@@ -334,6 +358,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         response_header_timeout: args.response_header_timeout,
         shutdown_grace: args.shutdown_grace,
         max_body_bytes: args.max_body_bytes,
+        storm_max_closures_per_minute: args.storm_max_closures_per_minute,
+        storm_cool_down: args.storm_cool_down,
         // Tokens come from the environment or files only: flags would show in `ps`.
         control_token: std::env::var("HALTGATE_CONTROL_TOKEN").ok(),
         control_read_token: std::env::var("HALTGATE_CONTROL_READ_TOKEN").ok(),

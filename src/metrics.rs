@@ -214,6 +214,11 @@ impl Metrics {
         self
     }
 
+    /// Adds the storm breaker's gauges and counters.
+    pub fn register_storm(&mut self, storm: &crate::storm::StormBreaker) {
+        storm.register(&mut self.registry);
+    }
+
     /// The text exposition, with the gauges set to `now`.
     pub fn encode(&self, now: ScrapeGauges) -> String {
         self.outbox_depth.set(now.outbox_depth);

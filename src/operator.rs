@@ -104,6 +104,8 @@ pub enum Operation {
     SessionWakeups(String),
     CredentialsList,
     CredentialUnblock(String),
+    StormStatus,
+    StormReset(String),
     EventsTail { after: Option<String>, follow: bool },
 }
 
@@ -201,6 +203,42 @@ pub async fn run(
                 )
                 .await?;
             print(out, &answer, format!("unblocked {fingerprint}"));
+        }
+        Operation::StormStatus => {
+            let stats = client.call(Method::GET, "/v1/stats", None).await?;
+            let storm = stats["storm"].clone();
+            let providers = storm["providers"].as_object().cloned().unwrap_or_default();
+            let mut human = format!(
+                "storm breaker: {} closures a minute per provider, cool-down {} ms",
+                storm["max_closures_per_minute"], storm["cool_down_ms"]
+            );
+            for (provider, state) in &providers {
+                let open = if state["open"] == true {
+                    "OPEN"
+                } else {
+                    "closed"
+                };
+                human += &format!(
+                    "\n  {provider}  {open}  closures_last_minute={}  trips={}  shadowed={}",
+                    state["closures_last_minute"], state["trips"], state["shadowed"]
+                );
+            }
+            print(out, &storm, human);
+        }
+        Operation::StormReset(provider) => {
+            let answer = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/storm/{}/reset", escape(&provider)),
+                    Some(json!({})),
+                )
+                .await?;
+            let human = if answer["was_open"] == true {
+                format!("storm breaker of {provider} closed")
+            } else {
+                format!("storm breaker of {provider} was not open")
+            };
+            print(out, &answer, human);
         }
         Operation::EventsTail { after, follow } => {
             let mut cursor = after.unwrap_or_default();

@@ -7,7 +7,7 @@
 //! outbox and is replayed until Redis confirms.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::halt::{
     Admission, BoxFuture, HaltResponse, Matched, Outcome, Refusal, RequestInfo, ScopeUnavailable,
@@ -20,6 +20,7 @@ use crate::session::{
     CredentialBlock, CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId,
     SessionStore, StoreError,
 };
+use crate::storm::{Admit, StormBreaker};
 
 /// The session state one proxy instance acts through, shared by the halt layer and the
 /// control API.
@@ -33,6 +34,8 @@ pub struct SessionGate {
     /// Present for shared stores: keeps the deployment secret for a start without the store.
     local: Option<LocalCopy>,
     stats: Arc<SessionStats>,
+    /// Turns a provider's halting matches into shadow ones while too many close at once.
+    storm: Option<Arc<StormBreaker>>,
 }
 
 impl SessionGate {
@@ -48,7 +51,13 @@ impl SessionGate {
             key: OnceLock::new(),
             local: None,
             stats: Arc::default(),
+            storm: None,
         }
+    }
+
+    pub fn with_storm_breaker(mut self, storm: Arc<StormBreaker>) -> Self {
+        self.storm = Some(storm);
+        self
     }
 
     pub fn with_local_copy(mut self, local: Option<LocalCopy>) -> Self {
@@ -300,6 +309,25 @@ impl SessionGate {
             .to_owned();
 
         let credential = matched.credentials.first();
+        if let Some(storm) = &self.storm {
+            // Distinct sessions count; without one, distinct credentials.
+            let fingerprint = credential.and_then(|presented| self.fingerprint(presented));
+            let subject = match (session, &fingerprint) {
+                (Some(session), _) => session.id.as_str(),
+                (None, Some(fingerprint)) => fingerprint.as_str(),
+                (None, None) => "-",
+            };
+            if storm.admit(&matched.provider, subject, Instant::now()) == Admit::Shadow {
+                tracing::info!(
+                    provider = %matched.provider,
+                    rule = %rule,
+                    session = session.map(|s| s.id.as_str()).unwrap_or("-"),
+                    upstream_status = matched.upstream_status,
+                    "Storm breaker open: the match is logged only; nothing is closed or blocked."
+                );
+                return Outcome::Forward { action: None };
+            }
+        }
         if class == CloseClass::CredentialInvalid {
             match (credential, self.key.get()) {
                 (Some(presented), Some(key)) => {

@@ -178,7 +178,13 @@ async fn metrics_count_requests_matches_halts_and_closures_as_they_happen() {
     );
     assert_eq!(after.value("haltgate_short_circuits_total", &[]), 1.0);
     assert_eq!(after.value("haltgate_bodies_inspected_total", &[]), 2.0);
-    assert_eq!(after.value("haltgate_bodies_uninspected_total", &[]), 0.0);
+    assert_eq!(
+        after.value(
+            "haltgate_bodies_uninspected_total",
+            &[("reason", "too_large")]
+        ),
+        0.0
+    );
     assert_eq!(
         after.value("haltgate_closures_total", &[("class", "lost_access")]),
         1.0

@@ -441,8 +441,17 @@ async fn the_control_api_rejects_bad_input_and_changes_nothing() {
 async fn a_closure_on_one_instance_short_circuits_on_another_sharing_redis() {
     let redis = RedisServer::start();
     let upstream = start_upstream(slack_upstream()).await;
-    let a = slack_proxy(&upstream, Some(redis.url())).await;
-    let b = slack_proxy(&upstream, Some(redis.url())).await;
+    // 200 closures in a few seconds is what the storm breaker stops; this measures propagation.
+    let unbroken = || {
+        let mut flags = proxy_flags(&[("slack", upstream.http_url())]);
+        flags.store = Some(redis.url());
+        flags.storm_max_closures_per_minute = Some(0);
+        flags
+    };
+    let a = start_proxy(unbroken()).await;
+    let b = start_proxy(unbroken()).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
 
     let trials = 200;
     let mut delays = Vec::with_capacity(trials);

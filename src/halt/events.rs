@@ -11,6 +11,7 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use super::dialect::HaltRequest;
+use super::decode::StreamDecoder;
 use super::hooks::Outcome;
 use super::service::{act, excerpt, note_shadow, RequestSnapshot, Shared};
 use crate::body::{BoxError, ProxyBody};
@@ -25,6 +26,10 @@ use crate::rules::{
 pub struct InspectEvents {
     inner: Option<ProxyBody>,
     splitter: SseStream,
+    /// Present for an encoded stream: the splitter reads its decoded bytes.
+    decoder: Option<StreamDecoder>,
+    /// False once the stream cannot be decoded: the rest passes unclassified.
+    classifying: bool,
     status: StatusCode,
     response_headers: HeaderMap,
     request: RequestSnapshot,
@@ -46,9 +51,13 @@ impl InspectEvents {
         shared: Arc<Shared>,
     ) -> Self {
         let limit = shared.rules.load().max_body_bytes();
+        let decoder = StreamDecoder::for_headers(&response_headers, limit)
+            .inspect_err(|reason| shared.stats.count_uninspected(*reason));
         Self {
             inner: Some(inner),
             splitter: SseStream::new(limit),
+            classifying: decoder.is_ok(),
+            decoder: decoder.ok().flatten(),
             status,
             response_headers,
             request,
@@ -75,7 +84,11 @@ impl InspectEvents {
         let request_body = &self.request_body;
         let stats = &self.shared.stats;
         let status = self.status.as_u16();
-        self.splitter.feed(chunk, |data| {
+        if !self.classifying {
+            return None;
+        }
+        let splitter = &mut self.splitter;
+        let mut classify = |data: &[u8]| {
             if found.is_some() {
                 return;
             }
@@ -92,7 +105,17 @@ impl InspectEvents {
                     found = Some((decision, excerpt(data)));
                 }
             }
-        });
+        };
+        match self.decoder.as_mut() {
+            None => splitter.feed(chunk, classify),
+            Some(decoder) => {
+                let decoded = decoder.feed(chunk, |bytes| splitter.feed(bytes, &mut classify));
+                if let Err(reason) = decoded {
+                    stats.count_uninspected(reason);
+                    self.classifying = false;
+                }
+            }
+        }
         found
     }
 }

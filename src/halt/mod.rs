@@ -20,6 +20,10 @@
 //!   and then forwarded byte-for-byte, or replaced by the halt response. A larger body (by
 //!   `Content-Length`, or by what arrived) passes uninspected and is counted in
 //!   [`HaltStats::uninspected`]; rules that need no body still decide it.
+//! - A body with a `Content-Encoding` (`gzip`, `deflate`, `br`, `zstd`) is read the same
+//!   way, and the rules get a decoded copy of at most `max_body_bytes` (see [`decode`]); the
+//!   agent gets the encoded bytes unchanged. A body that does not decode, names an unknown
+//!   coding, or decodes past the limit passes uninspected, counted with its reason.
 //! - `text/event-stream` bodies are never held: each event is forwarded as it arrives and
 //!   classified on the way; a halt ends the stream with a final event, the stream's own
 //!   error event where the route's [`Dialect`] has one.
@@ -44,6 +48,7 @@
 
 mod body;
 mod dialect;
+pub mod decode;
 mod events;
 mod hooks;
 mod layer;
@@ -62,4 +67,4 @@ pub use response::{
 };
 pub(crate) use service::excerpt;
 pub use service::{session_header, Halt, X_HALTGATE_EPOCH, X_HALTGATE_SESSION};
-pub use stats::{ClassLabel, HaltStats, MatchLabels};
+pub use stats::{ClassLabel, HaltStats, MatchLabels, ReasonLabel};

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::body::{Capture, CapturedPrefix, Replay};
 use super::dialect::{Dialect, HaltRequest};
+use super::decode::{self, Uninspected};
 use super::events::InspectEvents;
 use super::hooks::{
     Admission, Matched, Outcome, Refusal, RequestInfo, SessionHeader, SessionHooks,
@@ -383,11 +384,23 @@ async fn inspect(
     } else {
         Buffered::read(&mut body, limit).await
     };
-    let complete = buffered.complete();
-    match complete {
-        Some(_) => shared.stats.inspected.inc(),
-        None => shared.stats.uninspected.inc(),
+    // The rules read a decoded copy; the agent gets the bytes as they came.
+    let complete = match buffered.complete() {
+        Some(raw) => decode::for_rules(&parts.headers, raw, limit).map_err(Some),
+        None => Err(None),
     };
+    match &complete {
+        Ok(_) => {
+            shared.stats.inspected.inc();
+        }
+        Err(reason) => shared
+            .stats
+            .count_uninspected(reason.unwrap_or(match buffered.end {
+                BufferEnd::Failed(_) => Uninspected::ReadFailed,
+                _ => Uninspected::TooLarge,
+            })),
+    }
+    let complete = complete.ok();
     let response_body = match &complete {
         Some(bytes) => ResponseBody::Complete(bytes),
         None => ResponseBody::Uninspected,

@@ -18,6 +18,12 @@ pub struct ClassLabel {
     pub class: String,
 }
 
+/// Labels of a count kept per reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// Counters of the halt layer, read by `/v1/stats` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct HaltStats {
@@ -33,8 +39,10 @@ pub struct HaltStats {
     pub short_circuited: Counter,
     /// Responses whose body was read whole and given to the rules.
     pub inspected: Counter,
-    /// Responses whose body was larger than `max_body_bytes` and passed uninspected.
+    /// Responses whose body passed uninspected (too large, undecodable, unknown coding).
     pub uninspected: Counter,
+    /// The same, by reason (see [`crate::halt::decode::Uninspected`]).
+    pub uninspected_by_reason: Family<ReasonLabel, Counter>,
     /// Responses a rule could not decide because state it depends on (the session scope)
     /// could not be read; they passed unchanged and nothing was closed.
     pub undecided: Counter,
@@ -54,6 +62,15 @@ impl HaltStats {
                 rule: rule.to_owned(),
                 class: class.to_owned(),
                 mode,
+            })
+            .inc();
+    }
+
+    pub(crate) fn count_uninspected(&self, reason: super::decode::Uninspected) {
+        self.uninspected.inc();
+        self.uninspected_by_reason
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
             })
             .inc();
     }
@@ -90,8 +107,8 @@ impl HaltStats {
         );
         registry.register(
             "bodies_uninspected",
-            "Response bodies larger than max_body_bytes, passed on uninspected",
-            self.uninspected.clone(),
+            "Response bodies passed on uninspected, by reason (too_large, undecodable, unknown_encoding, read_failed)",
+            self.uninspected_by_reason.clone(),
         );
         registry.register(
             "bodies_undecided",
@@ -112,8 +129,20 @@ impl HaltStats {
             "short_circuited": self.short_circuited.get(),
             "inspected": self.inspected.get(),
             "uninspected": self.uninspected.get(),
+            "uninspected_by_reason": {
+                "too_large": self.uninspected_reason("too_large"),
+                "undecodable": self.uninspected_reason("undecodable"),
+                "unknown_encoding": self.uninspected_reason("unknown_encoding"),
+                "read_failed": self.uninspected_reason("read_failed"),
+            },
             "undecided": self.undecided.get(),
             "not_ready": self.not_ready.get(),
         })
+    }
+
+    fn uninspected_reason(&self, reason: &'static str) -> u64 {
+        self.uninspected_by_reason
+            .get_or_create(&ReasonLabel { reason })
+            .get()
     }
 }
