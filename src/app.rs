@@ -16,6 +16,7 @@ use crate::forward::Forward;
 use crate::halt::{HaltLayer, HaltStats, SessionHooks};
 use crate::ingress::Ingress;
 use crate::metrics::{Metrics, TrafficStats};
+use crate::route::RouteProvider;
 use crate::rules::{RuleErrors, RuleSet};
 use crate::session::{
     open_store, unix_ms_now, ClosedSet, FeedConfig, LocalCopy, Outbox, RelayConfig, SessionStore,
@@ -102,12 +103,10 @@ pub struct App {
 impl App {
     /// Opens the session store, binds both listeners and starts serving.
     pub async fn start(config: Config) -> Result<App, StartError> {
-        let rules = RuleSet::load_dir(&config.rules_dir)
-            .map_err(|errors| StartError::Rules {
-                dir: config.rules_dir.display().to_string(),
-                errors,
-            })?
-            .with_max_body_bytes(config.max_body_bytes);
+        let rules = RuleSet::load_dir(&config.rules_dir).map_err(|errors| StartError::Rules {
+            dir: config.rules_dir.display().to_string(),
+            errors,
+        })?;
         tracing::info!(
             rules = rules.rule_count(),
             dir = %config.rules_dir.display(),
@@ -214,7 +213,8 @@ impl App {
             format!("127.0.0.1:{port}"),
             format!("[::1]:{port}"),
         ];
-        let halt = HaltLayer::new(rules.clone(), hooks);
+        let halt = HaltLayer::new(rules.clone(), hooks, RouteProvider)
+            .max_body_bytes(config.max_body_bytes);
         let stats = halt.stats();
         let ingress = Ingress::new(
             halt.layer(forward),
@@ -242,7 +242,11 @@ impl App {
                 config.control.clone(),
             )
             .with_metrics(metrics)
-            .with_rules(rules.clone(), config.routes.host_providers()),
+            .with_rules(
+                rules.clone(),
+                config.routes.host_providers(),
+                config.max_body_bytes,
+            ),
             signal,
             config.shutdown_grace,
             config.control_limits.clone(),

@@ -21,7 +21,6 @@ pub const DEFAULT_OUTBOX: &str = "haltgate-outbox.redb";
 pub const DEFAULT_LOCAL_COPY: &str = "haltgate-local.redb";
 pub const DEFAULT_STORE_STARTUP_WAIT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CLOSURE_DETAIL_RETENTION: Duration = Duration::from_secs(30 * 86_400);
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// `haltgate.toml` as written. Every table rejects unknown fields.
 #[derive(Debug, Default, Deserialize)]
@@ -272,7 +271,7 @@ impl Config {
         let max_body_bytes = flags
             .max_body_bytes
             .or(spec.inspect.max_body_bytes)
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+            .unwrap_or(crate::rules::DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             errors.push("inspect.max_body_bytes must be at least 1".to_owned());
         }

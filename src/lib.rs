@@ -25,12 +25,14 @@
 
 pub mod app;
 pub mod body;
+pub mod class;
 pub mod classify;
 pub mod config;
 pub mod control;
 pub mod control_auth;
 pub mod forward;
 pub mod halt;
+pub mod headers;
 pub mod ingress;
 pub mod metrics;
 pub mod observe;

@@ -9,16 +9,16 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::class::Class;
 use crate::halt::{
     Admission, BoxFuture, HaltResponse, Matched, Outcome, Refusal, RequestInfo, ScopeUnavailable,
     SessionHeader, SessionHooks,
 };
 use crate::metrics::SessionStats;
-use crate::rules::Class;
 use crate::session::{
-    close_or_enqueue, CloseClass, CloseDisposition, CloseOutcome, ClosedSet, Closure,
-    CredentialBlock, CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId,
-    SessionStore, StoreError,
+    close_or_enqueue, CloseDisposition, CloseOutcome, ClosedSet, Closure, CredentialBlock,
+    CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId, SessionStore,
+    StoreError,
 };
 
 /// The session state one proxy instance acts through, shared by the halt layer and the
@@ -159,7 +159,7 @@ impl SessionGate {
     /// outbox), naming the rule that blocked the credential, before the halt is answered.
     async fn close_for_block(&self, session: &SessionHeader, block: &Detail) -> HaltResponse {
         let mut closure = Closure::new(
-            block.class.clone(),
+            block.class,
             block.rule.to_string(),
             "The credential this session presented is blocked.",
         );
@@ -196,7 +196,7 @@ impl SessionGate {
         let closure = closure.normalized()?;
         let local_epoch = self.closed.epoch_for(id, closure.epoch.or(admitted_epoch));
         self.closed.insert_closure(id, local_epoch, &closure);
-        let class = closure.class.clone();
+        let class = closure.class;
         let disposition = match &self.outbox {
             Some(outbox) => {
                 let disposition = close_or_enqueue(&*self.store, outbox, id, closure.clone())
@@ -290,8 +290,8 @@ impl SessionGate {
                     action: Some("reset"),
                 };
             }
-            Class::LostAccess => CloseClass::LostAccess,
-            Class::CredentialInvalid => CloseClass::CredentialInvalid,
+            // Rules decide only lost_access or credential_invalid past this point.
+            class => class,
         };
         let reason = decision
             .reason
@@ -300,16 +300,12 @@ impl SessionGate {
             .to_owned();
 
         let credential = matched.credentials.first();
-        if class == CloseClass::CredentialInvalid {
+        if class == Class::CredentialInvalid {
             match (credential, self.key.get()) {
                 (Some(presented), Some(key)) => {
                     let fingerprint = key.fingerprint_of(presented);
-                    let block = CredentialBlock::new(
-                        fingerprint,
-                        class.clone(),
-                        rule.clone(),
-                        reason.clone(),
-                    );
+                    let block =
+                        CredentialBlock::new(fingerprint, class, rule.clone(), reason.clone());
                     self.block(block).await;
                 }
                 (Some(_), None) => tracing::warn!(
@@ -320,9 +316,9 @@ impl SessionGate {
         }
 
         let Some(SessionHeader { id, epoch }) = session else {
-            if class == CloseClass::CredentialInvalid && credential.is_some() {
+            if class == Class::CredentialInvalid && credential.is_some() {
                 return Outcome::Halt(HaltResponse::rule_matched(
-                    class.as_str(),
+                    class,
                     &rule,
                     None,
                     None,
@@ -332,7 +328,7 @@ impl SessionGate {
             // Nothing to close: a request without a session keeps the upstream answer.
             return Outcome::Forward { action: None };
         };
-        let mut closure = Closure::new(class.clone(), rule.clone(), reason)
+        let mut closure = Closure::new(class, rule.clone(), reason)
             .with_detail(matched.detail)
             .with_upstream_status(matched.upstream_status)
             .observed_at(matched.started_ms);
@@ -347,7 +343,7 @@ impl SessionGate {
             tracing::error!(session = %id, %error, "Closure could not be stored; the session stays halted on this instance.");
         }
         Outcome::Halt(HaltResponse::rule_matched(
-            class.as_str(),
+            class,
             &rule,
             Some(id.as_str()),
             Some(local_epoch),
@@ -378,7 +374,7 @@ impl SessionHooks for Arc<SessionGate> {
         if let Some(session) = request.session {
             if let Some(entry) = self.closed.check(&session.id, session.epoch) {
                 return Admission::Refuse(Refusal::Halt(HaltResponse::session_closed(
-                    entry.class.as_str(),
+                    entry.class,
                     &entry.rule,
                     session.id.as_str(),
                     entry.epoch,

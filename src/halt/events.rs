@@ -43,7 +43,7 @@ impl InspectEvents {
         request_body: Bytes,
         shared: Arc<Shared>,
     ) -> Self {
-        let limit = shared.rules.load().max_body_bytes();
+        let limit = shared.config.max_body_bytes;
         Self {
             inner: Some(inner),
             splitter: SseStream::new(limit),
@@ -108,7 +108,7 @@ impl Body for InspectEvents {
             let outcome = std::task::ready!(acting.as_mut().poll(cx));
             this.acting = None;
             if let Outcome::Halt(halt) = outcome {
-                this.shared.stats.count_halt(&halt.class);
+                this.shared.stats.count_halt(halt.class);
                 this.inner = None;
                 this.closing = Some(halt.to_sse_event());
             }

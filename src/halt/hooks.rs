@@ -91,16 +91,23 @@ pub enum Outcome {
     Forward { action: Option<&'static str> },
 }
 
-/// Decision points of the halt layer. Every method has a documented default in [`LogOnly`].
+/// Decision points of the halt layer. Only [`SessionHooks::on_match`] must be written; every
+/// other method has a default that suits a layer without session state.
 pub trait SessionHooks: Send + Sync + 'static {
     /// Runs before forwarding, on every request. Must be local and cheap (no I/O): it is the
     /// hot path. Anything but [`Admission::Forward`] answers the request without sending it
     /// upstream.
-    fn before_forward(&self, request: &RequestInfo<'_>) -> Admission;
+    ///
+    /// Default: forward every request.
+    fn before_forward(&self, _request: &RequestInfo<'_>) -> Admission {
+        Admission::Forward
+    }
 
     /// The generation this instance knows as current for `session` when its request is
     /// admitted. A closure of a request that named no epoch is recorded locally at most at
     /// this one, so a reopen learned while the request ran is not closed by it.
+    ///
+    /// Default: `None` (no generations known).
     fn known_epoch(&self, _session: &SessionHeader) -> Option<u64> {
         None
     }
@@ -109,10 +116,14 @@ pub trait SessionHooks: Send + Sync + 'static {
     /// session's scope, or `None` when it has none (then scope comparisons do not hold). An
     /// error means it cannot be known: the response then passes undecided and nothing is
     /// closed.
+    ///
+    /// Default: `Ok(None)` (no session has a scope).
     fn scope(
         &self,
-        session: &SessionHeader,
-    ) -> BoxFuture<'static, Result<Option<serde_json::Value>, ScopeUnavailable>>;
+        _session: &SessionHeader,
+    ) -> BoxFuture<'static, Result<Option<serde_json::Value>, ScopeUnavailable>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Runs once per response that an `enforce` rule matched, in a task of its own: it
     /// completes even if the agent disconnects. `lost_access` and
@@ -126,17 +137,6 @@ pub trait SessionHooks: Send + Sync + 'static {
 pub struct LogOnly;
 
 impl SessionHooks for LogOnly {
-    fn before_forward(&self, _request: &RequestInfo<'_>) -> Admission {
-        Admission::Forward
-    }
-
-    fn scope(
-        &self,
-        _session: &SessionHeader,
-    ) -> BoxFuture<'static, Result<Option<serde_json::Value>, ScopeUnavailable>> {
-        Box::pin(async { Ok(None) })
-    }
-
     fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome> {
         tracing::warn!(
             provider = %matched.provider,

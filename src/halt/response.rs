@@ -5,14 +5,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use crate::body::ProxyBody;
+use crate::class::Class;
 use crate::synthetic::json_response;
-
-/// `x-haltgate-halt: <class>` marks a halt response.
-pub const X_HALTGATE_HALT: &str = "x-haltgate-halt";
-/// `x-haltgate-rule: <rule id>` names the rule that closed the session.
-pub const X_HALTGATE_RULE: &str = "x-haltgate-rule";
-/// `x-haltgate-action: reset` marks an upstream response after which the resume id was cleared.
-pub const X_HALTGATE_ACTION: &str = "x-haltgate-action";
 
 /// 410 Gone: the session's access is gone for good. Common SDKs (Anthropic, OpenAI, Octokit's
 /// retry plugin, Slack's, Linear's) retry 408, 409, 425, 429 and 5xx, never 410, so a halt
@@ -23,7 +17,7 @@ pub const HALT_STATUS: StatusCode = StatusCode::GONE;
 #[derive(Debug, Clone, PartialEq)]
 pub struct HaltResponse {
     /// `lost_access` or `credential_invalid` (or the class recorded on an earlier closure).
-    pub class: String,
+    pub class: Class,
     /// Rule that decided, or `manual` for a closure made through the control API.
     pub rule: String,
     pub session: Option<String>,
@@ -37,14 +31,14 @@ pub struct HaltResponse {
 impl HaltResponse {
     /// This response matched a lost-access or invalid-credential rule; the session was closed.
     pub fn rule_matched(
-        class: &str,
+        class: Class,
         rule: &str,
         session: Option<&str>,
         epoch: Option<u64>,
         upstream_status: u16,
     ) -> Self {
         Self {
-            class: class.to_owned(),
+            class,
             rule: rule.to_owned(),
             session: session.map(str::to_owned),
             epoch,
@@ -54,9 +48,9 @@ impl HaltResponse {
     }
 
     /// The session was closed before this request; nothing was sent upstream.
-    pub fn session_closed(class: &str, rule: &str, session: &str, epoch: u64) -> Self {
+    pub fn session_closed(class: Class, rule: &str, session: &str, epoch: u64) -> Self {
         Self {
-            class: class.to_owned(),
+            class,
             rule: rule.to_owned(),
             session: Some(session.to_owned()),
             epoch: Some(epoch),
@@ -68,15 +62,17 @@ impl HaltResponse {
     /// The request's credential is blocked; nothing was sent upstream.
     pub fn credential_blocked(rule: &str, session: Option<&str>, epoch: Option<u64>) -> Self {
         Self {
-            class: "credential_invalid".to_owned(),
+            class: Class::CredentialInvalid,
             rule: rule.to_owned(),
             session: session.map(str::to_owned),
             epoch,
             upstream_status: None,
-            message: sentence_for("credential_invalid").to_owned(),
+            message: sentence_for(Class::CredentialInvalid).to_owned(),
         }
     }
 
+    /// The JSON body: `halted`, `class`, `rule`, `session`, `epoch`, `upstream_status`,
+    /// `message`.
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "halted": true,
@@ -89,15 +85,18 @@ impl HaltResponse {
         })
     }
 
+    /// `410 Gone` with the JSON body, `cache-control: no-store`, `x-haltgate-halt` and
+    /// `x-haltgate-rule`.
     pub fn into_response(self) -> Response<ProxyBody> {
         let mut response = json_response(HALT_STATUS, self.to_json());
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Ok(class) = HeaderValue::from_str(&self.class) {
-            headers.insert(X_HALTGATE_HALT, class);
-        }
+        headers.insert(
+            crate::headers::HALT,
+            HeaderValue::from_static(self.class.as_str()),
+        );
         if let Ok(rule) = HeaderValue::from_str(&self.rule) {
-            headers.insert(X_HALTGATE_RULE, rule);
+            headers.insert(crate::headers::RULE, rule);
         }
         response
     }
@@ -108,9 +107,9 @@ impl HaltResponse {
     }
 }
 
-fn sentence_for(class: &str) -> &'static str {
+fn sentence_for(class: Class) -> &'static str {
     match class {
-        "credential_invalid" => {
+        Class::CredentialInvalid => {
             "The credential for this tool no longer works; this session is closed. Do not retry."
         }
         _ => "Access to this resource was lost; this session is closed. Do not retry.",

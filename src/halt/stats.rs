@@ -3,6 +3,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::class::Class;
+
 /// One rule's matches, by what it decided and whether it acted (`enforce`) or only logged
 /// (`shadow`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,10 +60,10 @@ impl HaltStats {
             .inc();
     }
 
-    pub(crate) fn count_halt(&self, class: &str) {
+    pub(crate) fn count_halt(&self, class: Class) {
         self.halts
             .get_or_create(&ClassLabel {
-                class: class.to_owned(),
+                class: class.as_str().to_owned(),
             })
             .inc();
     }
