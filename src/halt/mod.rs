@@ -63,3 +63,6 @@ pub use response::{HaltResponse, HALT_STATUS};
 pub(crate) use service::excerpt;
 pub use service::{session_header, Halt};
 pub use stats::{ClassLabel, HaltStats, MatchLabels};
+
+#[cfg(test)]
+mod tests;
