@@ -20,7 +20,7 @@ use crate::rules::{
 /// An event stream passed through untouched, with each event classified. When an event
 /// decides `lost_access` or `credential_invalid` and the hooks halt, the stream ends with a
 /// final `haltgate.halt` event; a `stale_session` event lets the stream go on.
-pub struct InspectEvents {
+pub(super) struct InspectEvents {
     inner: Option<ProxyBody>,
     splitter: SseStream,
     status: StatusCode,

@@ -15,11 +15,13 @@ use crate::rules::Decision;
 use crate::session::{Presented, SessionId};
 use crate::synthetic::SyntheticResponse;
 
+/// A boxed `Send` future, as the hooks return them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The session a request belongs to, from `x-haltgate-session` and `x-haltgate-epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionHeader {
+    /// The session's id.
     pub id: SessionId,
     /// Generation the agent acts in; `None` means "the current one".
     pub epoch: Option<u64>,
@@ -28,9 +30,13 @@ pub struct SessionHeader {
 /// What the hooks see of a request.
 #[derive(Debug)]
 pub struct RequestInfo<'a> {
+    /// The provider whose rules apply.
     pub provider: &'a str,
+    /// The session named by the request's headers.
     pub session: Option<&'a SessionHeader>,
+    /// The request's headers.
     pub headers: &'a HeaderMap,
+    /// The request's query string.
     pub query: Option<&'a str>,
     /// The start of the body (at most `max_body_bytes`), once a hook asked for it with
     /// [`Admission::NeedsBody`].
@@ -39,6 +45,7 @@ pub struct RequestInfo<'a> {
 
 /// What [`SessionHooks::before_forward`] decided about a request.
 pub enum Admission {
+    /// Send the request upstream.
     Forward,
     /// Call again with [`RequestInfo::body`] set: the decision depends on the body.
     NeedsBody,
@@ -48,6 +55,7 @@ pub enum Admission {
 
 /// The answer to a request that is not forwarded.
 pub enum Refusal {
+    /// Answer with this halt.
     Halt(HaltResponse),
     /// The halt, once the future completes (e.g. the session of a blocked credential is
     /// closed first).
@@ -66,9 +74,13 @@ pub struct ScopeUnavailable(pub String);
 /// A decisive rule match on one upstream response.
 #[derive(Debug, Clone)]
 pub struct Matched {
+    /// The provider whose rule matched.
     pub provider: Arc<str>,
+    /// The request's session, if it named one.
     pub session: Option<SessionHeader>,
+    /// What the rules decided.
     pub decision: Decision,
+    /// Status of the upstream response that matched.
     pub upstream_status: u16,
     /// When the request arrived (unix ms): a closure without an epoch applies to the
     /// generation current then, not to one opened while the request was under way.
@@ -88,7 +100,10 @@ pub enum Outcome {
     /// Answer with this instead of the upstream response.
     Halt(HaltResponse),
     /// Let the upstream response through, adding `x-haltgate-action: <action>` if given.
-    Forward { action: Option<&'static str> },
+    Forward {
+        /// The value of `x-haltgate-action`, if any.
+        action: Option<&'static str>,
+    },
 }
 
 /// Decision points of the halt layer. Only [`SessionHooks::on_match`] must be written; every

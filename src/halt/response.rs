@@ -20,7 +20,9 @@ pub struct HaltResponse {
     pub class: Class,
     /// Rule that decided, or `manual` for a closure made through the control API.
     pub rule: String,
+    /// The halted session, if the request named one.
     pub session: Option<String>,
+    /// The session generation that was closed.
     pub epoch: Option<u64>,
     /// Status of the upstream response that matched; `None` when no upstream was called.
     pub upstream_status: Option<u16>,

@@ -9,14 +9,18 @@ use crate::class::Class;
 /// (`shadow`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MatchLabels {
+    /// The rule's id.
     pub rule: String,
+    /// The class it decides.
     pub class: String,
+    /// `enforce` or `shadow`.
     pub mode: &'static str,
 }
 
 /// Labels of a count kept per decision class.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
+    /// The class's name.
     pub class: String,
 }
 
@@ -107,6 +111,7 @@ impl HaltStats {
         );
     }
 
+    /// The totals, as `/v1/stats` shows them.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "matched": self.matched.get(),
