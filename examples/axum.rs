@@ -116,7 +116,12 @@ async fn run() -> Result<(StatusCode, serde_json::Value), BoxError> {
         slack: outbound,
         slack_base: format!("http://{slack}"),
     };
-    let app = serve(Router::new().route("/notify", post(notify)).with_state(state)).await?;
+    let app = serve(
+        Router::new()
+            .route("/notify", post(notify))
+            .with_state(state),
+    )
+    .await?;
 
     let caller = Client::builder(TokioExecutor::new()).build_http::<ProxyBody>();
     let request = Request::post(format!("http://{app}/notify"))
