@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use haltgate::body::{self, ProxyBody};
 use haltgate::halt::{
-    Admission, BoxFuture, HaltLayer, HaltResponse, Matched, Outcome, RequestInfo, ScopeUnavailable,
-    SessionHeader, SessionHooks,
+    BoxFuture, HaltLayer, HaltResponse, Matched, Outcome, ScopeUnavailable, SessionHeader,
+    SessionHooks,
 };
 use haltgate::rules::RuleSet;
 use http::{Request, Response};
@@ -24,10 +24,6 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 struct PrintAndHalt;
 
 impl SessionHooks for PrintAndHalt {
-    fn before_forward(&self, _request: &RequestInfo<'_>) -> Admission {
-        Admission::Forward
-    }
-
     fn scope(
         &self,
         _session: &SessionHeader,
@@ -41,7 +37,7 @@ impl SessionHooks for PrintAndHalt {
             matched.decision.class, matched.decision.rule
         );
         let halt = HaltResponse::rule_matched(
-            &matched.decision.class.to_string(),
+            matched.decision.class,
             matched.decision.rule.as_deref().unwrap_or("-"),
             matched.session.as_ref().map(|s| s.id.as_str()),
             matched.session.as_ref().and_then(|s| s.epoch),
@@ -85,7 +81,7 @@ async fn main() -> Result<(), BoxError> {
         ),
     ] {
         let request = Request::post(path)
-            .header("x-haltgate-session", "demo-session")
+            .header(haltgate::headers::SESSION, "demo-session")
             .header("content-type", "application/json")
             .body(body::full(body))?;
         let response = service.clone().oneshot(request).await?;

@@ -22,8 +22,7 @@ use haltgate::app::App;
 use haltgate::body;
 use haltgate::config::{Config, ConfigSpec, Overrides};
 use haltgate::session::{
-    CloseClass, Closure, CredentialBlock, Fingerprint, RedbOptions, RedbStore, SessionId,
-    SessionStore,
+    Class, Closure, CredentialBlock, Fingerprint, RedbOptions, RedbStore, SessionId, SessionStore,
 };
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -137,7 +136,7 @@ async fn fill(path: &Path, sessions: u64, credentials: u64) {
                     if i < sessions {
                         let id = SessionId::parse(&format!("session-{i:08}")).unwrap();
                         let closure = Closure::new(
-                            CloseClass::LostAccess,
+                            Class::LostAccess,
                             ["slack.not_in_channel", "github.bad_credentials"][i as usize % 2],
                             "filled by state_scale",
                         );
@@ -147,7 +146,7 @@ async fn fill(path: &Path, sessions: u64, credentials: u64) {
                             .expect("fingerprint");
                         let block = CredentialBlock::new(
                             fingerprint,
-                            CloseClass::CredentialInvalid,
+                            Class::CredentialInvalid,
                             "slack.invalid_auth",
                             "filled by state_scale",
                         );

@@ -16,6 +16,7 @@ use crate::forward::Forward;
 use crate::halt::{HaltLayer, HaltStats, SessionHooks};
 use crate::ingress::Ingress;
 use crate::metrics::{Metrics, TrafficStats};
+use crate::route::RouteProvider;
 use crate::rule_reload::{ReloadSettings, RuleReloader, StartRefused};
 use crate::rules::RuleSet;
 use crate::session::{
@@ -245,7 +246,8 @@ impl App {
             format!("127.0.0.1:{port}"),
             format!("[::1]:{port}"),
         ];
-        let halt = HaltLayer::new(rules.clone(), hooks);
+        let halt = HaltLayer::new(rules.clone(), hooks, RouteProvider)
+            .max_body_bytes(config.max_body_bytes);
         let stats = halt.stats();
         let ingress = Ingress::new(
             halt.layer(forward),
@@ -276,7 +278,11 @@ impl App {
                 config.control.clone(),
             )
             .with_metrics(metrics)
-            .with_rules(rules.clone(), config.routes.host_providers())
+            .with_rules(
+                rules.clone(),
+                config.routes.host_providers(),
+                config.max_body_bytes,
+            )
             .with_reloader(reloader.clone())
             .with_storm_breaker(storm),
             signal,

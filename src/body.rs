@@ -24,11 +24,19 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// Erases the concrete type of any body whose error converts to [`BoxError`].
+/// Erases the concrete type of any body whose error converts to [`BoxError`]. A body that
+/// already is a [`ProxyBody`] is returned as is, not boxed twice.
 pub fn boxed<B>(body: B) -> ProxyBody
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let mut slot = Some(body);
+    if let Some(proxy_body) =
+        (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<ProxyBody>>()
+    {
+        return proxy_body.take().expect("the body was just put here");
+    }
+    let body = slot.take().expect("the body was just put here");
     body.map_err(Into::into).boxed_unsync()
 }

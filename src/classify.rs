@@ -66,6 +66,7 @@ struct ErrorLine<'a> {
 pub fn run(
     rules: &RuleSet,
     hosts: &[(String, String)],
+    max_body_bytes: usize,
     input: &mut dyn BufRead,
     out: &mut dyn Write,
 ) -> io::Result<bool> {
@@ -88,7 +89,7 @@ pub fn run(
             .ok()
             .and_then(|value| value.get("id"))
             .cloned();
-        match parsed.and_then(|value| decide(rules, hosts, value)) {
+        match parsed.and_then(|value| decide(rules, hosts, max_body_bytes, value)) {
             Ok((class, rule)) => {
                 let null = Value::Null;
                 let line = DecidedLine {
@@ -117,6 +118,7 @@ pub fn run(
 fn decide(
     rules: &RuleSet,
     hosts: &[(String, String)],
+    max_body_bytes: usize,
     value: Value,
 ) -> Result<(Class, Option<String>), String> {
     if !value.is_object() {
@@ -127,7 +129,7 @@ fn decide(
     let exchange = prepared.exchange(
         &provider,
         Scope::Known(line.context.as_ref()),
-        rules.max_body_bytes(),
+        max_body_bytes,
     );
     match rules.classify(&exchange) {
         Verdict::Decided(decision) => {

@@ -23,7 +23,6 @@ pub const DEFAULT_OUTBOX: &str = "haltgate-outbox.redb";
 pub const DEFAULT_LOCAL_COPY: &str = "haltgate-local.redb";
 pub const DEFAULT_STORE_STARTUP_WAIT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CLOSURE_DETAIL_RETENTION: Duration = Duration::from_secs(30 * 86_400);
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_RULES_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// The last good rule files are kept in this directory beside the local copy.
 pub const DEFAULT_RULES_LAST_GOOD_DIR: &str = "haltgate-rules-last-good";
@@ -344,7 +343,7 @@ impl Config {
         let max_body_bytes = flags
             .max_body_bytes
             .or(spec.inspect.max_body_bytes)
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+            .unwrap_or(crate::rules::DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             errors.push("inspect.max_body_bytes must be at least 1".to_owned());
         }

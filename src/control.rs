@@ -47,7 +47,7 @@ use crate::observe::{observe, ObserveBody, ObserveError};
 use crate::rule_reload::{RuleReloader, Trigger};
 use crate::rules::RuleSet;
 use crate::session::{
-    AddWakeup, CloseClass, CloseDisposition, CloseOutcome, Closure, CredentialBlock, EventCursor,
+    AddWakeup, Class, CloseDisposition, CloseOutcome, Closure, CredentialBlock, EventCursor,
     Fingerprint, OpenSpec, SessionId, SessionRecord, StoreError,
 };
 use crate::session_gate::SessionGate;
@@ -109,6 +109,7 @@ pub struct Control {
 struct RulesInForce {
     rules: Arc<ArcSwap<RuleSet>>,
     hosts: Arc<[(String, String)]>,
+    max_body_bytes: usize,
 }
 
 impl Control {
@@ -137,15 +138,17 @@ impl Control {
     }
 
     /// Decides `observe` requests with `rules`; `hosts` (host, provider) name the provider of
-    /// an exchange that does not.
+    /// an exchange that does not; a body over `max_body_bytes` is uninspected, as in the proxy.
     pub fn with_rules(
         mut self,
         rules: Arc<ArcSwap<RuleSet>>,
         hosts: Vec<(String, String)>,
+        max_body_bytes: usize,
     ) -> Self {
         self.rules = Some(RulesInForce {
             rules,
             hosts: hosts.into(),
+            max_body_bytes,
         });
         self
     }
@@ -300,7 +303,16 @@ impl Control {
         let id = session_id(id)?;
         let body: ObserveBody = read_json(body, false).await?;
         let rule_set = rules.rules.load_full();
-        match observe(&rule_set, &rules.hosts, &self.gate, &self.stats, id, body).await {
+        let observed = observe(
+            &rule_set,
+            &rules.hosts,
+            rules.max_body_bytes,
+            &self.gate,
+            &self.stats,
+            id,
+            body,
+        );
+        match observed.await {
             Ok(observed) => Ok(json_response(StatusCode::OK, json!(observed))),
             Err(ObserveError::Input(message)) => Err(Problem::bad_request(message)),
             Err(ObserveError::Store(error)) => Err(error.into()),
@@ -498,7 +510,7 @@ where
             if body.reason.trim().is_empty() {
                 return Err(Problem::bad_request("reason must not be empty"));
             }
-            let mut closure = Closure::new(CloseClass::Manual, "manual", body.reason);
+            let mut closure = Closure::new(Class::Manual, "manual", body.reason);
             if let Some(epoch) = body.epoch {
                 closure = closure.at_epoch(epoch);
             }

@@ -16,13 +16,11 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::{self, BoxError, ProxyBody};
+use crate::headers;
 use crate::metrics::TrafficStats;
 use crate::route::Target;
 use crate::server::BodyReadTimeout;
 use crate::upstream::UpstreamClient;
-
-/// Prefix of the headers by which an agent talks to the proxy; never sent upstream.
-pub const HALTGATE_HEADER_PREFIX: &str = "x-haltgate-";
 
 /// Why a request did not get an upstream response.
 #[derive(Debug, thiserror::Error)]
@@ -223,11 +221,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn strip_haltgate_headers(headers: &mut HeaderMap) {
     if headers
         .keys()
-        .any(|k| k.as_str().starts_with(HALTGATE_HEADER_PREFIX))
+        .any(|k| k.as_str().starts_with(headers::PREFIX))
     {
         let ours: Vec<HeaderName> = headers
             .keys()
-            .filter(|k| k.as_str().starts_with(HALTGATE_HEADER_PREFIX))
+            .filter(|k| k.as_str().starts_with(headers::PREFIX))
             .cloned()
             .collect();
         for name in ours {
@@ -263,8 +261,8 @@ mod tests {
     #[test]
     fn strips_every_haltgate_header() {
         let mut h = HeaderMap::new();
-        h.insert("x-haltgate-session", "s1".parse().unwrap());
-        h.insert("x-haltgate-epoch", "2".parse().unwrap());
+        h.insert(headers::SESSION, "s1".parse().unwrap());
+        h.insert(headers::EPOCH, "2".parse().unwrap());
         h.insert("x-haltgate", "not a prefix match".parse().unwrap());
         strip_haltgate_headers(&mut h);
         assert_eq!(h.len(), 1);

@@ -112,7 +112,7 @@ where
             route = %route,
             session = request
                 .headers()
-                .get(crate::halt::X_HALTGATE_SESSION)
+                .get(crate::headers::SESSION)
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| crate::session::SessionId::check(v).is_ok())
                 .unwrap_or("-"),

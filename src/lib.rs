@@ -24,15 +24,21 @@
 //!   closing every session at once.
 //! - [`body`], [`shutdown`]: the body type and the shutdown signal every layer shares.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod app;
 pub mod body;
+#[warn(missing_docs)]
+pub mod class;
 pub mod classify;
 pub mod config;
 pub mod control;
 pub mod control_auth;
 pub mod forward;
+#[warn(missing_docs)]
 pub mod halt;
+#[warn(missing_docs)]
+pub mod headers;
 pub mod ingress;
 pub mod metrics;
 pub mod observe;

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use haltgate::app::App;
 use haltgate::config::{Config, ConfigSpec, Overrides};
 use haltgate::operator::{self, ControlClient, Operation};
+use haltgate::rules::DEFAULT_MAX_BODY_BYTES;
 
 #[derive(Parser)]
 #[command(
@@ -440,9 +441,11 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let ok = match command {
         RulesCommand::Check { dir } => haltgate::rules::check::run(&dir, &mut out)?,
-        RulesCommand::Test { dir } => haltgate::rules::cases::run(&dir, &mut out)?,
+        RulesCommand::Test { dir } => {
+            haltgate::rules::cases::run(&dir, DEFAULT_MAX_BODY_BYTES, &mut out)?
+        }
         RulesCommand::Explain { rules, case } => {
-            haltgate::rules::cases::explain(&rules, &case, &mut out)?
+            haltgate::rules::cases::explain(&rules, &case, DEFAULT_MAX_BODY_BYTES, &mut out)?
         }
         RulesCommand::Diff {
             old,
@@ -496,12 +499,12 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let ok = if args.input == "-" {
         let mut input = std::io::stdin().lock();
-        haltgate::classify::run(&rules, &hosts, &mut input, &mut out)?
+        haltgate::classify::run(&rules, &hosts, config.max_body_bytes, &mut input, &mut out)?
     } else {
         let file = std::fs::File::open(&args.input)
             .with_context(|| format!("cannot open {}", args.input))?;
         let mut input = std::io::BufReader::new(file);
-        haltgate::classify::run(&rules, &hosts, &mut input, &mut out)?
+        haltgate::classify::run(&rules, &hosts, config.max_body_bytes, &mut input, &mut out)?
     };
     Ok(exit_code(ok))
 }

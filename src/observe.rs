@@ -47,6 +47,7 @@ pub enum ObserveError {
 pub async fn observe(
     rules: &RuleSet,
     hosts: &[(String, String)],
+    max_body_bytes: usize,
     gate: &Arc<SessionGate>,
     stats: &HaltStats,
     id: SessionId,
@@ -61,26 +62,22 @@ pub async fn observe(
         Some(context) => Scope::Known(Some(context)),
         None => Scope::Unknown,
     };
-    let decision =
-        match rules.classify(&prepared.exchange(&provider, first, rules.max_body_bytes())) {
-            Verdict::Decided(decision) => decision,
-            Verdict::NeedsScope => {
-                let stored = gate.store().get(&id).await?.and_then(|record| record.scope);
-                let exchange = prepared.exchange(
-                    &provider,
-                    Scope::Known(stored.as_ref()),
-                    rules.max_body_bytes(),
-                );
-                match rules.classify(&exchange) {
-                    Verdict::Decided(decision) => decision,
-                    Verdict::NeedsScope => {
-                        return Err(ObserveError::Input(
-                            "the engine asked for the session scope although it was given".into(),
-                        ))
-                    }
+    let decision = match rules.classify(&prepared.exchange(&provider, first, max_body_bytes)) {
+        Verdict::Decided(decision) => decision,
+        Verdict::NeedsScope => {
+            let stored = gate.store().get(&id).await?.and_then(|record| record.scope);
+            let exchange =
+                prepared.exchange(&provider, Scope::Known(stored.as_ref()), max_body_bytes);
+            match rules.classify(&exchange) {
+                Verdict::Decided(decision) => decision,
+                Verdict::NeedsScope => {
+                    return Err(ObserveError::Input(
+                        "the engine asked for the session scope although it was given".into(),
+                    ))
                 }
             }
-        };
+        }
+    };
     for rule in &decision.shadow {
         let class = rules.class_of(&provider, rule);
         stats.count_match(rule, class.map_or("-", Class::as_str), "shadow");

@@ -141,6 +141,35 @@ pub struct Target {
     pub uri: Uri,
 }
 
+/// The provider of a routed request: its route's, as the [`Target`] extension the ingress
+/// sets names it; the rules see the upstream path (route prefix removed). A request without a
+/// target passes uninspected.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteProvider;
+
+impl<B> crate::halt::ProviderOf<B> for RouteProvider {
+    fn provider(&self, request: &http::Request<B>) -> Option<Arc<str>> {
+        let target = request.extensions().get::<Target>()?;
+        Some(target.route.provider.clone())
+    }
+
+    fn path_and_query<'r>(&self, request: &'r http::Request<B>) -> &'r str {
+        let uri = match request.extensions().get::<Target>() {
+            Some(target) => &target.uri,
+            None => request.uri(),
+        };
+        uri.path_and_query()
+            .map_or("/", |path_and_query| path_and_query.as_str())
+    }
+
+    fn dialect(&self, request: &http::Request<B>, provider: &str) -> crate::halt::Dialect {
+        match request.extensions().get::<Target>() {
+            Some(target) => target.route.dialect,
+            None => crate::halt::Dialect::for_provider(provider),
+        }
+    }
+}
+
 impl RouteTable {
     pub fn new(routes: impl IntoIterator<Item = Route>) -> Result<Self, RouteError> {
         let mut table = HashMap::new();

@@ -9,16 +9,16 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::class::Class;
 use crate::halt::{
     Admission, BoxFuture, HaltResponse, Matched, Outcome, Refusal, RequestInfo, ScopeUnavailable,
     SessionHeader, SessionHooks,
 };
 use crate::metrics::SessionStats;
-use crate::rules::Class;
 use crate::session::{
-    close_or_enqueue, CloseClass, CloseDisposition, CloseOutcome, ClosedSet, Closure,
-    CredentialBlock, CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId,
-    SessionStore, StoreError,
+    close_or_enqueue, CloseDisposition, CloseOutcome, ClosedSet, Closure, CredentialBlock,
+    CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId, SessionStore,
+    StoreError,
 };
 use crate::storm::{Admit, StormBreaker};
 
@@ -168,7 +168,7 @@ impl SessionGate {
     /// outbox), naming the rule that blocked the credential, before the halt is answered.
     async fn close_for_block(&self, session: &SessionHeader, block: &Detail) -> HaltResponse {
         let mut closure = Closure::new(
-            block.class.clone(),
+            block.class,
             block.rule.to_string(),
             "The credential this session presented is blocked.",
         );
@@ -205,7 +205,7 @@ impl SessionGate {
         let closure = closure.normalized()?;
         let local_epoch = self.closed.epoch_for(id, closure.epoch.or(admitted_epoch));
         self.closed.insert_closure(id, local_epoch, &closure);
-        let class = closure.class.clone();
+        let class = closure.class;
         let disposition = match &self.outbox {
             Some(outbox) => {
                 let disposition = close_or_enqueue(&*self.store, outbox, id, closure.clone())
@@ -299,8 +299,8 @@ impl SessionGate {
                     action: Some("reset"),
                 };
             }
-            Class::LostAccess => CloseClass::LostAccess,
-            Class::CredentialInvalid => CloseClass::CredentialInvalid,
+            // Rules decide only lost_access or credential_invalid past this point.
+            class => class,
         };
         let reason = decision
             .reason
@@ -328,16 +328,12 @@ impl SessionGate {
                 return Outcome::Forward { action: None };
             }
         }
-        if class == CloseClass::CredentialInvalid {
+        if class == Class::CredentialInvalid {
             match (credential, self.key.get()) {
                 (Some(presented), Some(key)) => {
                     let fingerprint = key.fingerprint_of(presented);
-                    let block = CredentialBlock::new(
-                        fingerprint,
-                        class.clone(),
-                        rule.clone(),
-                        reason.clone(),
-                    );
+                    let block =
+                        CredentialBlock::new(fingerprint, class, rule.clone(), reason.clone());
                     self.block(block).await;
                 }
                 (Some(_), None) => tracing::warn!(
@@ -348,9 +344,9 @@ impl SessionGate {
         }
 
         let Some(SessionHeader { id, epoch }) = session else {
-            if class == CloseClass::CredentialInvalid && credential.is_some() {
+            if class == Class::CredentialInvalid && credential.is_some() {
                 return Outcome::Halt(HaltResponse::rule_matched(
-                    class.as_str(),
+                    class,
                     &rule,
                     None,
                     None,
@@ -360,7 +356,7 @@ impl SessionGate {
             // Nothing to close: a request without a session keeps the upstream answer.
             return Outcome::Forward { action: None };
         };
-        let mut closure = Closure::new(class.clone(), rule.clone(), reason)
+        let mut closure = Closure::new(class, rule.clone(), reason)
             .with_detail(matched.detail)
             .with_upstream_status(matched.upstream_status)
             .observed_at(matched.started_ms);
@@ -375,7 +371,7 @@ impl SessionGate {
             tracing::error!(session = %id, %error, "Closure could not be stored; the session stays halted on this instance.");
         }
         Outcome::Halt(HaltResponse::rule_matched(
-            class.as_str(),
+            class,
             &rule,
             Some(id.as_str()),
             Some(local_epoch),
@@ -406,7 +402,7 @@ impl SessionHooks for Arc<SessionGate> {
         if let Some(session) = request.session {
             if let Some(entry) = self.closed.check(&session.id, session.epoch) {
                 return Admission::Refuse(Refusal::Halt(HaltResponse::session_closed(
-                    entry.class.as_str(),
+                    entry.class,
                     &entry.rule,
                     session.id.as_str(),
                     entry.epoch,

@@ -8,9 +8,6 @@ use serde_json::json;
 
 use crate::body::{self, ProxyBody};
 
-/// Header set on every response the proxy itself wrote because forwarding failed or was refused.
-pub const X_HALTGATE_ERROR: &str = "x-haltgate-error";
-
 /// A response made by the proxy, not by an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntheticResponse {
@@ -135,7 +132,7 @@ impl SyntheticResponse {
         let body = json!({ "error": { "kind": self.kind, "message": self.message } });
         let mut response = json_response(self.status, body);
         let headers = response.headers_mut();
-        headers.insert(X_HALTGATE_ERROR, HeaderValue::from_static(self.kind));
+        headers.insert(crate::headers::ERROR, HeaderValue::from_static(self.kind));
         if let Some(seconds) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::body;
 use crate::control::event_json;
+use crate::headers;
 use crate::session::{EventCursor, SessionStore};
 use crate::upstream::UpstreamClient;
 
@@ -163,10 +164,10 @@ async fn deliver(
         .method(Method::POST)
         .uri(config.url.clone())
         .header("content-type", "application/json")
-        .header("x-haltgate-event-id", event_id)
-        .header("x-haltgate-timestamp", timestamp.to_string())
+        .header(headers::EVENT_ID, event_id)
+        .header(headers::TIMESTAMP, timestamp.to_string())
         .header(
-            "x-haltgate-signature",
+            headers::SIGNATURE,
             config.signature(timestamp, body.as_bytes()),
         )
         .body(body::full(body.to_owned()))

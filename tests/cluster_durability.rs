@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use haltgate::session::{open_store, CloseClass, Closure, SessionId};
+use haltgate::session::{open_store, Class, Closure, SessionId};
 use serde_json::json;
 use support::redis_server::{RedisCluster, RedisServer};
 use support::*;
@@ -22,11 +22,7 @@ fn sid(s: &str) -> SessionId {
 }
 
 fn lost_access() -> Closure {
-    Closure::new(
-        CloseClass::LostAccess,
-        "slack.not_in_channel",
-        "bot removed",
-    )
+    Closure::new(Class::LostAccess, "slack.not_in_channel", "bot removed")
 }
 
 async fn proxy_on(store: String) -> (Upstream, TestProxy) {

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use haltgate::session::{open_store, CloseClass, Closure, SessionId, SessionStore};
+use haltgate::session::{open_store, Class, Closure, SessionId, SessionStore};
 use support::redis_server::RedisCluster;
 use support::*;
 
@@ -16,11 +16,7 @@ fn sid(s: &str) -> SessionId {
 }
 
 fn lost_access() -> Closure {
-    Closure::new(
-        CloseClass::LostAccess,
-        "slack.not_in_channel",
-        "bot removed",
-    )
+    Closure::new(Class::LostAccess, "slack.not_in_channel", "bot removed")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

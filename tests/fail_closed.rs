@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use haltgate::app::App;
 use haltgate::body::{self, ProxyBody};
 use haltgate::config::{Config, ConfigSpec, Overrides};
-use haltgate::session::{CloseClass, Closure, SessionId, SessionStore};
+use haltgate::session::{Class, Closure, SessionId, SessionStore};
 use http::Request;
 use serde_json::{json, Value};
 use support::fault_proxy::{Fault, FaultProxy};
@@ -140,7 +140,7 @@ async fn a_restart_with_a_large_state_forwards_no_closed_session_while_it_loads(
                 store
                     .close(
                         &id,
-                        Closure::new(CloseClass::LostAccess, "slack.not_in_channel", "x"),
+                        Closure::new(Class::LostAccess, "slack.not_in_channel", "x"),
                     )
                     .await
                     .unwrap()

@@ -356,7 +356,7 @@ async fn wakeup_leases_with_redis() {
 /// the proxy's configuration takes standalone Redis URLs.
 #[tokio::test]
 async fn wakeup_leases_with_redis_cluster() {
-    use haltgate::session::{open_store, AddWakeup, CloseClass, Closure, SessionId};
+    use haltgate::session::{open_store, AddWakeup, Class, Closure, SessionId};
     let cluster = support::redis_server::RedisCluster::start(3);
     let store = open_store(&cluster.store_url()).await.unwrap();
     let (a, b) = (
@@ -376,7 +376,7 @@ async fn wakeup_leases_with_redis_cluster() {
     assert!(leased.iter().all(|c| c.leased_until_ms == Some(2_500)));
     assert!(store.lease_due(2_400, 10, 500).await.unwrap().is_empty());
     assert!(store.ack_wakeup(&a, &ids[0]).await.unwrap());
-    let closure = Closure::new(CloseClass::Manual, "manual", "done");
+    let closure = Closure::new(Class::Manual, "manual", "done");
     store.close(&b, closure).await.unwrap();
     let again = store.lease_due(2_500, 10, 500).await.unwrap();
     assert_eq!(again.len(), 1);

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use haltgate::rules::cases;
+use haltgate::rules::{cases, DEFAULT_MAX_BODY_BYTES};
 
 const SHOP_RULES: &str = r#"schema = 1
 
@@ -118,7 +118,7 @@ fn covered_shop() -> tempfile::TempDir {
 
 fn run_cases(dir: &Path) -> (bool, String) {
     let mut out = Vec::new();
-    let ok = cases::run(dir, &mut out).unwrap();
+    let ok = cases::run(dir, DEFAULT_MAX_BODY_BYTES, &mut out).unwrap();
     (ok, String::from_utf8(out).unwrap())
 }
 
@@ -284,6 +284,7 @@ fn explain_prints_the_decision_and_checks_expectations() {
     let ok = cases::explain(
         dir.path(),
         &dir.path().join("tests/shop/key_revoked_retry_after.json"),
+        DEFAULT_MAX_BODY_BYTES,
         &mut out,
     )
     .unwrap();
@@ -304,6 +305,7 @@ fn explain_prints_the_decision_and_checks_expectations() {
     let ok = cases::explain(
         dir.path(),
         &dir.path().join("tests/transient/503.json"),
+        DEFAULT_MAX_BODY_BYTES,
         &mut out,
     )
     .unwrap();
@@ -319,13 +321,28 @@ fn explain_prints_the_decision_and_checks_expectations() {
     );
     write_case(dir.path(), "wrong.json", &wrong);
     let mut out = Vec::new();
-    let ok = cases::explain(dir.path(), &dir.path().join("wrong.json"), &mut out).unwrap();
+    let ok = cases::explain(
+        dir.path(),
+        &dir.path().join("wrong.json"),
+        DEFAULT_MAX_BODY_BYTES,
+        &mut out,
+    )
+    .unwrap();
     let output = String::from_utf8(out).unwrap();
     assert!(!ok);
     assert!(output.contains("expectation failed: expected credential_invalid by shop.key_revoked, got pass (no rule)"), "{output}");
 
-    let missing = cases::explain(dir.path(), &dir.path().join("nope.json"), &mut Vec::new());
+    let missing = cases::explain(
+        dir.path(),
+        &dir.path().join("nope.json"),
+        DEFAULT_MAX_BODY_BYTES,
+        &mut Vec::new(),
+    );
     assert_eq!(missing.unwrap_err().kind(), std::io::ErrorKind::NotFound);
-    let no_rules = cases::run(&dir.path().join("nowhere"), &mut Vec::new());
+    let no_rules = cases::run(
+        &dir.path().join("nowhere"),
+        DEFAULT_MAX_BODY_BYTES,
+        &mut Vec::new(),
+    );
     assert_eq!(no_rules.unwrap_err().kind(), std::io::ErrorKind::NotFound);
 }

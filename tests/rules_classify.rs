@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use haltgate::classify;
-use haltgate::rules::RuleSet;
+use haltgate::rules::{RuleSet, DEFAULT_MAX_BODY_BYTES};
 
 fn rules() -> RuleSet {
     RuleSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rules/engine"))
@@ -18,8 +18,19 @@ fn hosts() -> Vec<(String, String)> {
 }
 
 fn run(rules: &RuleSet, input: &str) -> (bool, Vec<Value>) {
+    run_limited(rules, DEFAULT_MAX_BODY_BYTES, input)
+}
+
+fn run_limited(rules: &RuleSet, max_body_bytes: usize, input: &str) -> (bool, Vec<Value>) {
     let mut out = Vec::new();
-    let ok = classify::run(rules, &hosts(), &mut input.as_bytes(), &mut out).unwrap();
+    let ok = classify::run(
+        rules,
+        &hosts(),
+        max_body_bytes,
+        &mut input.as_bytes(),
+        &mut out,
+    )
+    .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.is_empty() || text.ends_with('\n'));
     let lines = text
@@ -141,13 +152,13 @@ fn answers_every_line_in_order_with_ids_echoed_and_errors_numbered() {
 
 #[test]
 fn a_clean_run_succeeds_and_large_bodies_are_not_inspected() {
-    let rules = rules().with_max_body_bytes(32);
+    let rules = rules();
     let small = json!({"id": "s", "provider": "demo", "request": {"method": "POST", "url": "/api"},
         "response": {"status": 200, "body": "{\"error\":\"gone\"}"}});
     let padded = format!("{{\"error\":\"gone\",\"pad\":\"{}\"}}", "x".repeat(64));
     let large = json!({"id": "l", "provider": "demo", "request": {"method": "POST", "url": "/api"},
         "response": {"status": 200, "body": padded}});
-    let (ok, lines) = run(&rules, &(line(small) + &line(large)));
+    let (ok, lines) = run_limited(&rules, 32, &(line(small) + &line(large)));
     assert!(ok);
     assert_eq!(
         lines,

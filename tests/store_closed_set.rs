@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use haltgate::session::{
-    CloseClass, ClosedSet, Closure, CredentialBlock, CredentialKey, FeedConfig, OpenSpec,
-    RedbOptions, RedbStore, RedisOptions, RedisStore, RedisTarget, SessionId, SessionStore,
-    StoreLocator,
+    Class, ClosedSet, Closure, CredentialBlock, CredentialKey, FeedConfig, OpenSpec, RedbOptions,
+    RedbStore, RedisOptions, RedisStore, RedisTarget, SessionId, SessionStore, StoreLocator,
 };
 use redis_server::{RedisCluster, RedisServer};
 
@@ -26,7 +25,7 @@ fn sid(s: &str) -> SessionId {
 }
 
 fn closure(rule: &str) -> Closure {
-    Closure::new(CloseClass::LostAccess, rule, "lost access")
+    Closure::new(Class::LostAccess, rule, "lost access")
 }
 
 fn redis_handle(target: &RedisTarget, prefix: &str) -> Arc<dyn SessionStore> {
@@ -73,7 +72,7 @@ async fn follows_the_store(
     writer
         .block_credential(CredentialBlock::new(
             token.clone(),
-            CloseClass::CredentialInvalid,
+            Class::CredentialInvalid,
             "cron.invalid_token",
             "x",
         ))

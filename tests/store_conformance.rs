@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use haltgate::session::{
-    AddWakeup, CloseClass, CloseOutcome, Closure, CredentialBlock, CredentialKey, EventKind,
-    Notice, OpenSpec, RedbOptions, RedbStore, RedisOptions, RedisStore, RedisTarget, SessionId,
+    AddWakeup, Class, CloseOutcome, Closure, CredentialBlock, CredentialKey, EventKind, Notice,
+    OpenSpec, RedbOptions, RedbStore, RedisOptions, RedisStore, RedisTarget, SessionId,
     SessionStatus, SessionStore, StateEvent, StoreError, StoreLocator, MAX_EXACT_INTEGER,
     MAX_PAYLOAD_BYTES,
 };
@@ -122,7 +122,7 @@ fn sid(s: &str) -> SessionId {
 }
 
 fn lost_access(rule: &str) -> Closure {
-    Closure::new(CloseClass::LostAccess, rule, "bot removed from the channel")
+    Closure::new(Class::LostAccess, rule, "bot removed from the channel")
         .with_detail(r#"{"ok":false,"error":"not_in_channel"}"#)
         .with_upstream_status(200)
 }
@@ -196,7 +196,7 @@ async fn unknown_session_is_open_at_epoch_zero(b: &impl Backend, case: &str) {
     let stored = store.get(&s).await.unwrap().unwrap();
     assert_eq!(stored, record);
     let info = stored.closure.unwrap();
-    assert_eq!(info.class, CloseClass::LostAccess);
+    assert_eq!(info.class, Class::LostAccess);
     assert_eq!(info.rule, "slack.not_in_channel");
     assert_eq!(info.reason, closure.reason);
     assert_eq!(info.detail, closure.detail);
@@ -585,7 +585,7 @@ async fn credentials_block_unblock_and_list(b: &impl Backend, case: &str) {
     let block = |fp| {
         CredentialBlock::new(
             fp,
-            CloseClass::CredentialInvalid,
+            Class::CredentialInvalid,
             "cron.invalid_token",
             "login lapsed",
         )
@@ -768,7 +768,7 @@ async fn snapshot_lists_closure_history_and_credentials(b: &impl Backend, case: 
         store
             .block_credential(CredentialBlock::new(
                 fp.clone(),
-                CloseClass::CredentialInvalid,
+                Class::CredentialInvalid,
                 "r",
                 "x",
             ))
@@ -1009,7 +1009,7 @@ async fn redb_store_survives_reopening_its_file() {
         store
             .block_credential(CredentialBlock::new(
                 fp.clone(),
-                CloseClass::CredentialInvalid,
+                Class::CredentialInvalid,
                 "r",
                 "x",
             ))

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use haltgate::session::{
-    CloseClass, Closure, CredentialBlock, CredentialKey, OpenSpec, Outbox, RedbOptions, RedbStore,
+    Class, Closure, CredentialBlock, CredentialKey, OpenSpec, Outbox, RedbOptions, RedbStore,
     SessionId, SessionStatus, SessionStore, StoreError,
 };
 
@@ -15,12 +15,8 @@ fn session(n: usize) -> SessionId {
 }
 
 fn lost_access() -> Closure {
-    Closure::new(
-        CloseClass::LostAccess,
-        "slack.not_in_channel",
-        "bot removed",
-    )
-    .with_detail(r#"{"ok":false,"error":"not_in_channel"}"#.repeat(20))
+    Closure::new(Class::LostAccess, "slack.not_in_channel", "bot removed")
+        .with_detail(r#"{"ok":false,"error":"not_in_channel"}"#.repeat(20))
 }
 
 fn open_store(path: &Path) -> Result<RedbStore, StoreError> {
@@ -37,7 +33,7 @@ async fn write_store(path: &Path, closed: usize) {
     let key = CredentialKey::new(&store.deployment_secret().await.unwrap()).unwrap();
     let block = CredentialBlock::new(
         key.fingerprint(b"Bearer xoxb-1"),
-        CloseClass::CredentialInvalid,
+        Class::CredentialInvalid,
         "slack.invalid_auth",
         "token revoked",
     );

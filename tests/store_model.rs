@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haltgate::session::{
-    AddWakeup, CloseClass, CloseOutcome, Closure, OpenSpec, RedbOptions, RedbStore, RedisOptions,
+    AddWakeup, Class, CloseOutcome, Closure, OpenSpec, RedbOptions, RedbStore, RedisOptions,
     RedisStore, RedisTarget, SessionId, SessionStatus, SessionStore,
 };
 use proptest::prelude::*;
@@ -92,7 +92,7 @@ async fn check_against_model(store: &dyn SessionStore, ops: &[Op]) -> Result<(),
                     EpochChoice::Older => Some(m.epoch.saturating_sub(1)),
                     EpochChoice::Newer => Some(m.epoch + 2),
                 };
-                let mut closure = Closure::new(CloseClass::LostAccess, "model.rule", "model");
+                let mut closure = Closure::new(Class::LostAccess, "model.rule", "model");
                 closure.epoch = epoch;
                 let outcome = store.close(&ids[*i], closure).await.unwrap();
                 // Only a reopen starts a generation: a later epoch closes the current one.

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use haltgate::session::{
-    close_or_enqueue, CloseClass, CloseDisposition, CloseOutcome, Closure, EventKind, OpenSpec,
-    Outbox, RedisOptions, RedisStore, RedisTarget, RelayConfig, SessionId, SessionStatus,
-    SessionStore, StoreError,
+    close_or_enqueue, Class, CloseDisposition, CloseOutcome, Closure, EventKind, OpenSpec, Outbox,
+    RedisOptions, RedisStore, RedisTarget, RelayConfig, SessionId, SessionStatus, SessionStore,
+    StoreError,
 };
 use redis_server::RedisServer;
 use serde_json::json;
@@ -55,7 +55,7 @@ async fn closure_survives_a_redis_outage_through_the_outbox() {
         .unwrap();
 
     server.kill();
-    let closure = Closure::new(CloseClass::LostAccess, "slack.not_in_channel", "bot kicked")
+    let closure = Closure::new(Class::LostAccess, "slack.not_in_channel", "bot kicked")
         .at_epoch(0)
         .with_detail(r#"{"ok":false,"error":"not_in_channel"}"#);
     let outbox = Outbox::open(&outbox_path).unwrap();
@@ -126,7 +126,7 @@ async fn close_or_enqueue_stores_directly_when_the_store_answers() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open(&dir.path().join("outbox.redb")).unwrap();
     let s = SessionId::parse("s").unwrap();
-    let closure = Closure::new(CloseClass::LostAccess, "r", "x");
+    let closure = Closure::new(Class::LostAccess, "r", "x");
     let first = close_or_enqueue(store.as_ref(), &outbox, &s, closure.clone())
         .await
         .unwrap();
@@ -144,7 +144,7 @@ async fn close_or_enqueue_stores_directly_when_the_store_answers() {
         ),
         "{again:?}"
     );
-    let invalid = Closure::new(CloseClass::LostAccess, "", "x");
+    let invalid = Closure::new(Class::LostAccess, "", "x");
     assert!(matches!(
         close_or_enqueue(store.as_ref(), &outbox, &s, invalid).await,
         Err(StoreError::InvalidInput(_))
@@ -162,14 +162,14 @@ async fn relay_treats_fenced_as_done_and_buries_what_the_store_refuses() {
     // A queued closure about generation 0 of a session that has moved to generation 1.
     let moved = SessionId::parse("moved").unwrap();
     store
-        .close(&moved, Closure::new(CloseClass::Manual, "manual", "x"))
+        .close(&moved, Closure::new(Class::Manual, "manual", "x"))
         .await
         .unwrap();
     store.open(&moved, OpenSpec::new()).await.unwrap();
     outbox
         .record(
             &moved,
-            &Closure::new(CloseClass::LostAccess, "late", "x").at_epoch(0),
+            &Closure::new(Class::LostAccess, "late", "x").at_epoch(0),
         )
         .await
         .unwrap();
@@ -186,7 +186,7 @@ async fn relay_treats_fenced_as_done_and_buries_what_the_store_refuses() {
     server.cli(&["del", &key]);
     server.cli(&["set", &key, "not-a-hash"]);
     outbox
-        .record(&broken, &Closure::new(CloseClass::LostAccess, "r", "x"))
+        .record(&broken, &Closure::new(Class::LostAccess, "r", "x"))
         .await
         .unwrap();
 
@@ -221,7 +221,7 @@ async fn close_fails_fast_when_redis_hangs() {
         store.as_ref(),
         &outbox,
         &s,
-        Closure::new(CloseClass::LostAccess, "mcp.token_revoked", "x").at_epoch(0),
+        Closure::new(Class::LostAccess, "mcp.token_revoked", "x").at_epoch(0),
     )
     .await
     .unwrap();

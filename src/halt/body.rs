@@ -13,24 +13,24 @@ use crate::body::{BoxError, ProxyBody};
 
 /// The first `limit` bytes of a request body, filled while the body streams upstream.
 #[derive(Debug, Clone, Default)]
-pub struct CapturedPrefix(Arc<Mutex<BytesMut>>);
+pub(crate) struct CapturedPrefix(Arc<Mutex<BytesMut>>);
 
 impl CapturedPrefix {
     /// What was captured so far, taken out without copying.
-    pub fn take(&self) -> Bytes {
+    pub(crate) fn take(&self) -> Bytes {
         std::mem::take(&mut *self.0.lock().expect("capture lock")).freeze()
     }
 }
 
 /// Streams a request body through untouched, copying its first `limit` bytes aside.
-pub struct Capture {
+pub(super) struct Capture {
     inner: ProxyBody,
     prefix: CapturedPrefix,
     limit: usize,
 }
 
 impl Capture {
-    pub fn new(inner: ProxyBody, limit: usize) -> (Self, CapturedPrefix) {
+    pub(super) fn new(inner: ProxyBody, limit: usize) -> (Self, CapturedPrefix) {
         let prefix = CapturedPrefix::default();
         (
             Self {
@@ -72,14 +72,14 @@ impl Body for Capture {
 }
 
 /// Frames already read from a body, then the rest of it, then a read error if one ended it.
-pub struct Replay {
+pub(super) struct Replay {
     frames: VecDeque<Frame<Bytes>>,
     rest: Option<ProxyBody>,
     error: Option<BoxError>,
 }
 
 impl Replay {
-    pub fn new(
+    pub(super) fn new(
         frames: VecDeque<Frame<Bytes>>,
         rest: Option<ProxyBody>,
         error: Option<BoxError>,

@@ -53,9 +53,13 @@ impl Uninspected {
 /// One content coding this proxy decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coding {
+    /// `gzip` or `x-gzip` (RFC 1952), one member or several.
     Gzip,
+    /// `deflate`: zlib-wrapped (RFC 1950) as specified, or raw (RFC 1951) as some servers send.
     Deflate,
+    /// `br` (RFC 7932).
     Brotli,
+    /// `zstd` (RFC 8878).
     Zstd,
 }
 

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::response::{HaltResponse, HALT_STATUS};
 use crate::body::ProxyBody;
+use crate::class::Class;
 use crate::synthetic::json_response;
 
 /// JSON-RPC error code of an MCP halt, in the range JSON-RPC leaves to servers and apart from
@@ -36,17 +37,20 @@ const GITHUB_DOCS: &str = "https://docs.github.com/rest";
 pub enum Dialect {
     /// haltgate's own 410 JSON, for providers it has no dialect for.
     Generic,
+    /// Slack's Web API: HTTP 200 with `{"ok": false, "error": ...}`.
     Slack,
     /// GitHub REST, and GitHub GraphQL for requests to a `/graphql` path.
     GitHub,
     /// A GraphQL API such as Linear's.
     GraphQl,
+    /// The Anthropic API's `{"type": "error", "error": {...}}` envelope.
     Anthropic,
     /// An MCP server over the Streamable HTTP transport (JSON-RPC).
     Mcp,
 }
 
 impl Dialect {
+    /// Every dialect name a route may set.
     pub const NAMES: [&'static str; 6] =
         ["generic", "slack", "github", "graphql", "anthropic", "mcp"];
 
@@ -72,6 +76,7 @@ impl Dialect {
         }
     }
 
+    /// The dialect's name, as a route sets it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Generic => "generic",
@@ -160,7 +165,7 @@ impl HaltResponse {
                 StatusCode::OK,
                 json!({
                     "ok": false,
-                    "error": format!("haltgate_{}", self.class),
+                    "error": format!("haltgate_{}", self.class.as_str()),
                     "response_metadata": { "messages": [format!("[ERROR] {}", self.message)] },
                     "haltgate": fields,
                 }),
@@ -218,17 +223,18 @@ impl HaltResponse {
     fn with_halt_headers(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Ok(class) = HeaderValue::from_str(&self.class) {
-            headers.insert(super::X_HALTGATE_HALT, class);
-        }
+        headers.insert(
+            crate::headers::HALT,
+            HeaderValue::from_static(self.class.as_str()),
+        );
         if let Ok(rule) = HeaderValue::from_str(&self.rule) {
-            headers.insert(super::X_HALTGATE_RULE, rule);
+            headers.insert(crate::headers::RULE, rule);
         }
         response
     }
 
     fn is_credential(&self) -> bool {
-        self.class == "credential_invalid"
+        self.class == Class::CredentialInvalid
     }
 
     fn graphql_body(&self, fields: Value) -> Value {
@@ -301,6 +307,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn halt(class: &str) -> HaltResponse {
+        let class = Class::from_name(class).unwrap();
         HaltResponse::rule_matched(class, "p.rule", Some("s1"), Some(3), 200)
     }
 

@@ -10,8 +10,8 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
-use super::dialect::HaltRequest;
 use super::decode::StreamDecoder;
+use super::dialect::HaltRequest;
 use super::hooks::Outcome;
 use super::service::{act, excerpt, note_shadow, RequestSnapshot, Shared};
 use crate::body::{BoxError, ProxyBody};
@@ -23,7 +23,7 @@ use crate::rules::{
 /// decides `lost_access` or `credential_invalid` and the hooks halt, the stream ends with a
 /// final event: the stream's own error event in the route's dialect (Anthropic `event: error`,
 /// an MCP JSON-RPC error), else `haltgate.halt`. A `stale_session` event lets the stream go on.
-pub struct InspectEvents {
+pub(super) struct InspectEvents {
     inner: Option<ProxyBody>,
     splitter: SseStream,
     /// Present for an encoded stream: the splitter reads its decoded bytes.
@@ -50,7 +50,7 @@ impl InspectEvents {
         request_body: Bytes,
         shared: Arc<Shared>,
     ) -> Self {
-        let limit = shared.rules.load().max_body_bytes();
+        let limit = shared.config.max_body_bytes;
         let decoder = StreamDecoder::for_headers(&response_headers, limit)
             .inspect_err(|reason| shared.stats.count_uninspected(*reason));
         Self {
@@ -133,7 +133,7 @@ impl Body for InspectEvents {
             let outcome = std::task::ready!(acting.as_mut().poll(cx));
             this.acting = None;
             if let Outcome::Halt(halt) = outcome {
-                this.shared.stats.count_halt(&halt.class);
+                this.shared.stats.count_halt(halt.class);
                 this.inner = None;
                 let request = HaltRequest::read(
                     &this.request.path_and_query,

@@ -15,11 +15,13 @@ use crate::rules::Decision;
 use crate::session::{Presented, SessionId};
 use crate::synthetic::SyntheticResponse;
 
+/// A boxed `Send` future, as the hooks return them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The session a request belongs to, from `x-haltgate-session` and `x-haltgate-epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionHeader {
+    /// The session's id.
     pub id: SessionId,
     /// Generation the agent acts in; `None` means "the current one".
     pub epoch: Option<u64>,
@@ -28,9 +30,13 @@ pub struct SessionHeader {
 /// What the hooks see of a request.
 #[derive(Debug)]
 pub struct RequestInfo<'a> {
+    /// The provider whose rules apply.
     pub provider: &'a str,
+    /// The session named by the request's headers.
     pub session: Option<&'a SessionHeader>,
+    /// The request's headers.
     pub headers: &'a HeaderMap,
+    /// The request's query string.
     pub query: Option<&'a str>,
     /// The start of the body (at most `max_body_bytes`), once a hook asked for it with
     /// [`Admission::NeedsBody`].
@@ -39,6 +45,7 @@ pub struct RequestInfo<'a> {
 
 /// What [`SessionHooks::before_forward`] decided about a request.
 pub enum Admission {
+    /// Send the request upstream.
     Forward,
     /// Call again with [`RequestInfo::body`] set: the decision depends on the body.
     NeedsBody,
@@ -48,6 +55,7 @@ pub enum Admission {
 
 /// The answer to a request that is not forwarded.
 pub enum Refusal {
+    /// Answer with this halt.
     Halt(HaltResponse),
     /// The halt, once the future completes (e.g. the session of a blocked credential is
     /// closed first).
@@ -66,9 +74,13 @@ pub struct ScopeUnavailable(pub String);
 /// A decisive rule match on one upstream response.
 #[derive(Debug, Clone)]
 pub struct Matched {
+    /// The provider whose rule matched.
     pub provider: Arc<str>,
+    /// The request's session, if it named one.
     pub session: Option<SessionHeader>,
+    /// What the rules decided.
     pub decision: Decision,
+    /// Status of the upstream response that matched.
     pub upstream_status: u16,
     /// When the request arrived (unix ms): a closure without an epoch applies to the
     /// generation current then, not to one opened while the request was under way.
@@ -88,19 +100,29 @@ pub enum Outcome {
     /// Answer with this instead of the upstream response.
     Halt(HaltResponse),
     /// Let the upstream response through, adding `x-haltgate-action: <action>` if given.
-    Forward { action: Option<&'static str> },
+    Forward {
+        /// The value of `x-haltgate-action`, if any.
+        action: Option<&'static str>,
+    },
 }
 
-/// Decision points of the halt layer. Every method has a documented default in [`LogOnly`].
+/// Decision points of the halt layer. Only [`SessionHooks::on_match`] must be written; every
+/// other method has a default that suits a layer without session state.
 pub trait SessionHooks: Send + Sync + 'static {
     /// Runs before forwarding, on every request. Must be local and cheap (no I/O): it is the
     /// hot path. Anything but [`Admission::Forward`] answers the request without sending it
     /// upstream.
-    fn before_forward(&self, request: &RequestInfo<'_>) -> Admission;
+    ///
+    /// Default: forward every request.
+    fn before_forward(&self, _request: &RequestInfo<'_>) -> Admission {
+        Admission::Forward
+    }
 
     /// The generation this instance knows as current for `session` when its request is
     /// admitted. A closure of a request that named no epoch is recorded locally at most at
     /// this one, so a reopen learned while the request ran is not closed by it.
+    ///
+    /// Default: `None` (no generations known).
     fn known_epoch(&self, _session: &SessionHeader) -> Option<u64> {
         None
     }
@@ -109,10 +131,14 @@ pub trait SessionHooks: Send + Sync + 'static {
     /// session's scope, or `None` when it has none (then scope comparisons do not hold). An
     /// error means it cannot be known: the response then passes undecided and nothing is
     /// closed.
+    ///
+    /// Default: `Ok(None)` (no session has a scope).
     fn scope(
         &self,
-        session: &SessionHeader,
-    ) -> BoxFuture<'static, Result<Option<serde_json::Value>, ScopeUnavailable>>;
+        _session: &SessionHeader,
+    ) -> BoxFuture<'static, Result<Option<serde_json::Value>, ScopeUnavailable>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Runs once per response that an `enforce` rule matched, in a task of its own: it
     /// completes even if the agent disconnects. `lost_access` and
@@ -126,17 +152,6 @@ pub trait SessionHooks: Send + Sync + 'static {
 pub struct LogOnly;
 
 impl SessionHooks for LogOnly {
-    fn before_forward(&self, _request: &RequestInfo<'_>) -> Admission {
-        Admission::Forward
-    }
-
-    fn scope(
-        &self,
-        _session: &SessionHeader,
-    ) -> BoxFuture<'static, Result<Option<serde_json::Value>, ScopeUnavailable>> {
-        Box::pin(async { Ok(None) })
-    }
-
     fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome> {
         tracing::warn!(
             provider = %matched.provider,

@@ -5,12 +5,7 @@
 use http::StatusCode;
 use serde_json::json;
 
-/// `x-haltgate-halt: <class>` marks a halt response.
-pub const X_HALTGATE_HALT: &str = "x-haltgate-halt";
-/// `x-haltgate-rule: <rule id>` names the rule that closed the session.
-pub const X_HALTGATE_RULE: &str = "x-haltgate-rule";
-/// `x-haltgate-action: reset` marks an upstream response after which the resume id was cleared.
-pub const X_HALTGATE_ACTION: &str = "x-haltgate-action";
+use crate::class::Class;
 
 /// 410 Gone: the status of the generic and GitHub REST halts (see [`super::Dialect`]).
 /// Octokit's retry plugin lists it among the statuses it never retries; PyGithub and most
@@ -21,10 +16,12 @@ pub const HALT_STATUS: StatusCode = StatusCode::GONE;
 #[derive(Debug, Clone, PartialEq)]
 pub struct HaltResponse {
     /// `lost_access` or `credential_invalid` (or the class recorded on an earlier closure).
-    pub class: String,
+    pub class: Class,
     /// Rule that decided, or `manual` for a closure made through the control API.
     pub rule: String,
+    /// The halted session, if the request named one.
     pub session: Option<String>,
+    /// The session generation that was closed.
     pub epoch: Option<u64>,
     /// Status of the upstream response that matched; `None` when no upstream was called.
     pub upstream_status: Option<u16>,
@@ -35,14 +32,14 @@ pub struct HaltResponse {
 impl HaltResponse {
     /// This response matched a lost-access or invalid-credential rule; the session was closed.
     pub fn rule_matched(
-        class: &str,
+        class: Class,
         rule: &str,
         session: Option<&str>,
         epoch: Option<u64>,
         upstream_status: u16,
     ) -> Self {
         Self {
-            class: class.to_owned(),
+            class,
             rule: rule.to_owned(),
             session: session.map(str::to_owned),
             epoch,
@@ -52,9 +49,9 @@ impl HaltResponse {
     }
 
     /// The session was closed before this request; nothing was sent upstream.
-    pub fn session_closed(class: &str, rule: &str, session: &str, epoch: u64) -> Self {
+    pub fn session_closed(class: Class, rule: &str, session: &str, epoch: u64) -> Self {
         Self {
-            class: class.to_owned(),
+            class,
             rule: rule.to_owned(),
             session: Some(session.to_owned()),
             epoch: Some(epoch),
@@ -66,15 +63,17 @@ impl HaltResponse {
     /// The request's credential is blocked; nothing was sent upstream.
     pub fn credential_blocked(rule: &str, session: Option<&str>, epoch: Option<u64>) -> Self {
         Self {
-            class: "credential_invalid".to_owned(),
+            class: Class::CredentialInvalid,
             rule: rule.to_owned(),
             session: session.map(str::to_owned),
             epoch,
             upstream_status: None,
-            message: sentence_for("credential_invalid").to_owned(),
+            message: sentence_for(Class::CredentialInvalid).to_owned(),
         }
     }
 
+    /// The JSON body: `halted`, `class`, `rule`, `session`, `epoch`, `upstream_status`,
+    /// `message`.
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "halted": true,
@@ -88,9 +87,9 @@ impl HaltResponse {
     }
 }
 
-fn sentence_for(class: &str) -> &'static str {
+fn sentence_for(class: Class) -> &'static str {
     match class {
-        "credential_invalid" => {
+        Class::CredentialInvalid => {
             "The credential for this tool no longer works; this session is closed. Do not retry."
         }
         _ => "Access to this resource was lost; this session is closed. Do not retry.",

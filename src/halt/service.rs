@@ -1,11 +1,12 @@
 use std::collections::VecDeque;
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use futures_util::future::BoxFuture;
+use futures_util::TryFutureExt;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
@@ -13,44 +14,86 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::body::{Capture, CapturedPrefix, Replay};
-use super::dialect::{Dialect, HaltRequest};
 use super::decode::{self, Uninspected};
+use super::dialect::{Dialect, HaltRequest};
 use super::events::InspectEvents;
+use super::future::ResponseFuture;
 use super::hooks::{
-    Admission, Matched, Outcome, Refusal, RequestInfo, SessionHeader, SessionHooks,
+    Admission, BoxFuture, Matched, Outcome, Refusal, RequestInfo, SessionHeader, SessionHooks,
 };
-use super::response::X_HALTGATE_ACTION;
+use super::layer::HaltConfig;
+use super::provider::ProviderOf;
 use super::stats::HaltStats;
 use crate::body::{self, BoxError, ProxyBody};
-use crate::route::Target;
+use crate::headers;
 use crate::rules::{
     is_event_stream, Class, Decision, Exchange, ExchangeHead, ResponseBody, RuleSet, Scope, Verdict,
 };
 use crate::session::{unix_ms_now, Presented, SessionId, MAX_DETAIL_BYTES, MAX_EXACT_INTEGER};
 use crate::synthetic::SyntheticResponse;
 
-/// Request header naming the agent session.
-pub const X_HALTGATE_SESSION: &str = "x-haltgate-session";
-/// Request header naming the session generation the agent acts in.
-pub const X_HALTGATE_EPOCH: &str = "x-haltgate-epoch";
-
+/// What every service a layer made shares.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) rules: Arc<ArcSwap<RuleSet>>,
     pub(crate) hooks: Arc<dyn SessionHooks>,
-    pub(crate) fixed_provider: Option<Arc<str>>,
+    pub(crate) config: HaltConfig,
     pub(crate) stats: Arc<HaltStats>,
 }
 
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("rules", &self.rules.load().rule_count())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Inspects every response of the inner service. See the [module docs](super).
+///
+/// The inner service sees `Request<ProxyBody>` (the request body streams through untouched,
+/// its start copied aside for the rules) and may answer with any body; responses come back as
+/// `Response<ProxyBody>`.
 #[derive(Clone)]
-pub struct Halt<S> {
+pub struct Halt<S, P> {
     inner: S,
+    provider: P,
     shared: Arc<Shared>,
 }
 
-impl<S> Halt<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+impl<S, P> Halt<S, P> {
+    pub(crate) fn new(inner: S, provider: P, shared: Arc<Shared>) -> Self {
+        Self {
+            inner,
+            provider,
+            shared,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug, P> fmt::Debug for Halt<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Halt")
+            .field("inner", &self.inner)
+            .field("provider", &std::any::type_name::<P>())
+            .field("shared", &self.shared)
+            .finish()
     }
 }
 
@@ -70,46 +113,41 @@ pub(crate) struct RequestSnapshot {
     pub(crate) rules: Arc<RuleSet>,
 }
 
-impl<S> Service<Request<ProxyBody>> for Halt<S>
+impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for Halt<S, P>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<ProxyBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
     S::Future: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    P: ProviderOf<ReqBody>,
 {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let shared = self.shared.clone();
-        let target = request.extensions().get::<Target>();
-        let provider = match (&shared.fixed_provider, target) {
-            (Some(fixed), _) => fixed.clone(),
-            (None, Some(target)) => target.route.provider.clone(),
-            (None, None) => return Box::pin(self.inner.call(request)),
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let Some(provider) = self.provider.provider(&request) else {
+            return ResponseFuture::passthrough(self.inner.call(request.map(body::boxed)));
         };
-        let dialect = match (&shared.fixed_provider, target) {
-            (None, Some(target)) => target.route.dialect,
-            _ => Dialect::for_provider(&provider),
-        };
-        let path_and_query = target
-            .map(|t| t.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/"))
-            .or_else(|| request.uri().path_and_query().map(|pq| pq.as_str()))
-            .unwrap_or("/")
-            .to_owned();
+        let dialect = self.provider.dialect(&request, &provider);
+        let path_and_query = self.provider.path_and_query(&request).to_owned();
+        let request = request.map(body::boxed);
         let session = match session_header(request.headers()) {
             Ok(session) => session,
             Err(message) => {
-                let response = SyntheticResponse::bad_request(message).into_response();
-                return Box::pin(async move { Ok(response) });
+                return ResponseFuture::ready(
+                    SyntheticResponse::bad_request(message).into_response(),
+                )
             }
         };
+        let shared = &self.shared;
         let admission = shared.hooks.before_forward(&RequestInfo {
             provider: &provider,
             session: session.as_ref(),
@@ -125,18 +163,35 @@ where
         };
         match admission {
             Admission::Forward => {
-                Box::pin(pending.forward(request, shared, |r| self.inner.call(r)))
+                let (request, snapshot) = pending.forward(request, shared);
+                ResponseFuture::forwarding(self.inner.call(request), snapshot, shared.clone())
             }
             Admission::NeedsBody => {
                 // The service is ready now; a clone takes its place for the next call.
                 let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                Box::pin(pending.admit_with_body(ready, request, shared))
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                let send: SendRequest = Box::new(move |request| {
+                    Box::pin(
+                        ready
+                            .call(request)
+                            .map_ok(|response| response.map(body::boxed))
+                            .map_err(Into::into),
+                    )
+                });
+                ResponseFuture::boxed(Box::pin(pending.admit_with_body(
+                    send,
+                    request,
+                    shared.clone(),
+                )))
             }
-            Admission::Refuse(refusal) => Box::pin(pending.refuse(refusal, request, shared)),
+            Admission::Refuse(refusal) => pending.refuse(refusal, request, shared),
         }
     }
 }
+
+/// Sends a request to the inner service once admission allows it. Boxed, so the slow path
+/// that reads the request body first is not generic over the inner service.
+type SendRequest = Box<dyn FnOnce(Request<ProxyBody>) -> SlowPath + Send>;
 
 /// What is known of a request between admission and forwarding.
 struct Pending {
@@ -149,36 +204,38 @@ struct Pending {
 impl Pending {
     /// Answers a request the hooks refused before its body was read; a dialect that quotes
     /// the request (MCP's JSON-RPC id) reads the body start first.
-    async fn refuse(
+    fn refuse<F>(
         self,
         refusal: Refusal,
         request: Request<ProxyBody>,
-        shared: Arc<Shared>,
-    ) -> Result<Response<ProxyBody>, BoxError> {
+        shared: &Arc<Shared>,
+    ) -> ResponseFuture<F> {
         let (parts, mut body) = request.into_parts();
-        let prefix = if self.dialect.reads_request_body() && !body.is_end_stream() {
-            let limit = shared.rules.load().max_body_bytes();
-            Buffered::read(&mut body, limit).await.data()
-        } else {
-            Bytes::new()
-        };
-        let request = HaltRequest::read(&self.path_and_query, &parts.headers, &prefix);
-        answer(refusal, self.dialect, &request, shared).await
+        if !self.dialect.reads_request_body() || body.is_end_stream() {
+            let request = HaltRequest::read(&self.path_and_query, &parts.headers, &[]);
+            return answer(refusal, self.dialect, request, shared).into_future();
+        }
+        let shared = shared.clone();
+        ResponseFuture::boxed(Box::pin(async move {
+            let prefix = Buffered::read(&mut body, shared.config.max_body_bytes)
+                .await
+                .data();
+            let request = HaltRequest::read(&self.path_and_query, &parts.headers, &prefix);
+            answer(refusal, self.dialect, request, &shared)
+                .resolve()
+                .await
+        }))
     }
 
     /// Reads the start of the request body, asks the hooks again with it, then forwards the
     /// whole body unchanged or answers in its place.
-    async fn admit_with_body<S>(
+    async fn admit_with_body(
         self,
-        mut inner: S,
+        send: SendRequest,
         request: Request<ProxyBody>,
         shared: Arc<Shared>,
-    ) -> Result<Response<ProxyBody>, BoxError>
-    where
-        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
-        S::Future: Send + 'static,
-    {
-        let limit = shared.rules.load().max_body_bytes();
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let limit = shared.config.max_body_bytes;
         let (parts, mut body) = request.into_parts();
         // The decision depends on the body: one that cannot be read through whole is refused,
         // never forwarded with a credential nobody looked at.
@@ -191,9 +248,10 @@ impl Pending {
             return answer(
                 Refusal::Error(refusal),
                 self.dialect,
-                &HaltRequest::default(),
-                shared,
+                HaltRequest::default(),
+                &shared,
             )
+            .resolve()
             .await;
         }
         let buffered = Buffered::read(&mut body, limit).await;
@@ -204,9 +262,10 @@ impl Pending {
                 return answer(
                     Refusal::Error(refusal),
                     self.dialect,
-                    &HaltRequest::default(),
-                    shared,
+                    HaltRequest::default(),
+                    &shared,
                 )
+                .resolve()
                 .await;
             }
             BufferEnd::Failed(error) => return Err(error),
@@ -225,35 +284,35 @@ impl Pending {
                 answer(
                     Refusal::Error(refusal),
                     self.dialect,
-                    &HaltRequest::default(),
-                    shared,
+                    HaltRequest::default(),
+                    &shared,
                 )
+                .resolve()
                 .await
             }
             Admission::Forward => {
                 let body = body::boxed(buffered.into_replay(body));
-                let request = Request::from_parts(parts, body);
-                self.forward(request, shared, |r| inner.call(r)).await
+                let (request, snapshot) = self.forward(Request::from_parts(parts, body), &shared);
+                let response = send(request).await?;
+                Ok(respond(response, snapshot, shared).await)
             }
             Admission::Refuse(refusal) => {
                 let request = HaltRequest::read(&self.path_and_query, &parts.headers, &prefix);
-                answer(refusal, self.dialect, &request, shared).await
+                answer(refusal, self.dialect, request, &shared)
+                    .resolve()
+                    .await
             }
         }
     }
 
-    /// Sends the request on (its body copied aside up to the limit for the rules), then
-    /// inspects the response.
-    fn forward<F>(
+    /// The request to send on (its body copied aside up to the limit for the rules), and what
+    /// inspecting its response will need.
+    fn forward(
         self,
         request: Request<ProxyBody>,
-        shared: Arc<Shared>,
-        send: impl FnOnce(Request<ProxyBody>) -> F,
-    ) -> impl Future<Output = Result<Response<ProxyBody>, BoxError>> + Send + 'static
-    where
-        F: Future<Output = Result<Response<ProxyBody>, BoxError>> + Send + 'static,
-    {
-        let limit = shared.rules.load().max_body_bytes();
+        shared: &Shared,
+    ) -> (Request<ProxyBody>, RequestSnapshot) {
+        let limit = shared.config.max_body_bytes;
         let (parts, body) = request.into_parts();
         let (body, captured) = if body.is_end_stream() {
             (body, CapturedPrefix::default())
@@ -278,32 +337,47 @@ impl Pending {
             admitted_epoch,
             rules: shared.rules.load_full(),
         };
-        let forwarded = send(Request::from_parts(parts, body));
-        async move {
-            let response = forwarded.await?;
-            Ok(inspect(response, snapshot, shared).await)
-        }
+        (Request::from_parts(parts, body), snapshot)
     }
 }
 
 /// The answer to a request the hooks did not admit.
-async fn answer(
-    refusal: Refusal,
-    dialect: Dialect,
-    request: &HaltRequest,
-    shared: Arc<Shared>,
-) -> Result<Response<ProxyBody>, BoxError> {
+enum Answer {
+    Now(Response<ProxyBody>),
+    /// A halt that waits for the hooks (e.g. a closure stored first).
+    Later(SlowPath),
+}
+
+impl Answer {
+    fn into_future<F>(self) -> ResponseFuture<F> {
+        match self {
+            Answer::Now(response) => ResponseFuture::ready(response),
+            Answer::Later(future) => ResponseFuture::boxed(future),
+        }
+    }
+
+    async fn resolve(self) -> Result<Response<ProxyBody>, BoxError> {
+        match self {
+            Answer::Now(response) => Ok(response),
+            Answer::Later(future) => future.await,
+        }
+    }
+}
+
+fn answer(refusal: Refusal, dialect: Dialect, request: HaltRequest, shared: &Shared) -> Answer {
     let response = match refusal {
         Refusal::Halt(halt) => {
             shared.stats.short_circuited.inc();
             tracing::Span::current().record("rule", halt.rule.as_str());
-            halt.into_response(dialect, request)
+            halt.into_response(dialect, &request)
         }
         Refusal::HaltAfter(halt) => {
             shared.stats.short_circuited.inc();
-            let halt = halt.await;
-            tracing::Span::current().record("rule", halt.rule.as_str());
-            halt.into_response(dialect, request)
+            return Answer::Later(Box::pin(async move {
+                let halt = halt.await;
+                tracing::Span::current().record("rule", halt.rule.as_str());
+                Ok(halt.into_response(dialect, &request))
+            }));
         }
         Refusal::NotReady => {
             shared.stats.not_ready.inc();
@@ -311,14 +385,32 @@ async fn answer(
         }
         Refusal::Error(error) => error.into_response(),
     };
-    Ok(response)
+    Answer::Now(response)
 }
 
+/// An upstream response, inspected when a rule could match it.
+pub(crate) async fn respond(
+    response: Response<ProxyBody>,
+    snapshot: RequestSnapshot,
+    shared: Arc<Shared>,
+) -> Response<ProxyBody> {
+    let (parts, body) = response.into_parts();
+    if !snapshot.rules.needs_body(&head(&snapshot, &parts)) {
+        return Response::from_parts(parts, body);
+    }
+    inspect(Response::from_parts(parts, body), snapshot, shared).await
+}
+
+/// A future that resolves to the response of a request, boxed (the paths that wait for the
+/// request body, the store or the response body).
+pub(crate) type SlowPath = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
+
 /// Reads `x-haltgate-session` and `x-haltgate-epoch`.
-pub fn session_header(headers: &HeaderMap) -> Result<Option<SessionHeader>, String> {
-    let Some(id) = headers.get(X_HALTGATE_SESSION) else {
-        if headers.contains_key(X_HALTGATE_EPOCH) {
-            return Err(format!("{X_HALTGATE_EPOCH} needs {X_HALTGATE_SESSION}"));
+pub fn session_header(map: &HeaderMap) -> Result<Option<SessionHeader>, String> {
+    use crate::headers::{EPOCH, SESSION};
+    let Some(id) = map.get(SESSION) else {
+        if map.contains_key(EPOCH) {
+            return Err(format!("{EPOCH} needs {SESSION}"));
         }
         return Ok(None);
     };
@@ -326,8 +418,8 @@ pub fn session_header(headers: &HeaderMap) -> Result<Option<SessionHeader>, Stri
         .to_str()
         .ok()
         .and_then(|id| SessionId::parse(id).ok())
-        .ok_or_else(|| format!("{X_HALTGATE_SESSION} must be 1-256 bytes of visible ASCII"))?;
-    let epoch = match headers.get(X_HALTGATE_EPOCH) {
+        .ok_or_else(|| format!("{SESSION} must be 1-256 bytes of visible ASCII"))?;
+    let epoch = match map.get(EPOCH) {
         None => None,
         Some(value) => Some(
             value
@@ -336,27 +428,22 @@ pub fn session_header(headers: &HeaderMap) -> Result<Option<SessionHeader>, Stri
                 .and_then(|v| v.parse::<u64>().ok())
                 .filter(|&epoch| epoch <= MAX_EXACT_INTEGER)
                 .ok_or_else(|| {
-                    format!("{X_HALTGATE_EPOCH} must be an integer from 0 to {MAX_EXACT_INTEGER}")
+                    format!("{EPOCH} must be an integer from 0 to {MAX_EXACT_INTEGER}")
                 })?,
         ),
     };
     Ok(Some(SessionHeader { id, epoch }))
 }
 
-async fn inspect(
+/// Inspects a response some rule could match: reads its body up to the limit (or classifies
+/// a stream event by event), decides, and acts on a decisive match.
+pub(crate) async fn inspect(
     response: Response<ProxyBody>,
     request: RequestSnapshot,
     shared: Arc<Shared>,
 ) -> Response<ProxyBody> {
     let rules = request.rules.clone();
     let (mut parts, body) = response.into_parts();
-    let needs_body = {
-        let head = head(&request, &parts);
-        rules.needs_body(&head)
-    };
-    if !needs_body {
-        return Response::from_parts(parts, body);
-    }
     if is_event_stream(&parts.headers) {
         // A halt appends a final event, so the declared length would be wrong.
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -372,7 +459,7 @@ async fn inspect(
         return Response::from_parts(parts, body::boxed(events));
     }
 
-    let limit = rules.max_body_bytes();
+    let limit = shared.config.max_body_bytes;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -431,7 +518,7 @@ async fn inspect(
     .await
     {
         Outcome::Halt(halt) => {
-            shared.stats.count_halt(&halt.class);
+            shared.stats.count_halt(halt.class);
             let halt_request =
                 HaltRequest::read(&request.path_and_query, &request.headers, &request_body);
             halt.into_response(request.dialect, &halt_request)
@@ -440,7 +527,7 @@ async fn inspect(
             if let Some(action) = action {
                 parts
                     .headers
-                    .insert(X_HALTGATE_ACTION, HeaderValue::from_static(action));
+                    .insert(headers::ACTION, HeaderValue::from_static(action));
             }
             Response::from_parts(parts, replay)
         }
@@ -536,7 +623,6 @@ pub(crate) fn note_shadow(
     }
 }
 
-/// Hands a decisive match to the hooks.
 /// Hands a decisive match to the hooks. They run in a task of their own, so the closure
 /// completes even when the agent disconnects or stops reading the response.
 pub(crate) fn act(

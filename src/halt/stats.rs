@@ -3,24 +3,31 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::class::Class;
+
 /// One rule's matches, by what it decided and whether it acted (`enforce`) or only logged
 /// (`shadow`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MatchLabels {
+    /// The rule's id.
     pub rule: String,
+    /// The class it decides.
     pub class: String,
+    /// `enforce` or `shadow`.
     pub mode: &'static str,
 }
 
 /// Labels of a count kept per decision class.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
+    /// The class's name.
     pub class: String,
 }
 
 /// Labels of a count kept per reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
+    /// Why a body went uninspected: `too_large`, `undecodable`, `unknown_encoding`, `read_failed`.
     pub reason: &'static str,
 }
 
@@ -75,10 +82,10 @@ impl HaltStats {
             .inc();
     }
 
-    pub(crate) fn count_halt(&self, class: &str) {
+    pub(crate) fn count_halt(&self, class: Class) {
         self.halts
             .get_or_create(&ClassLabel {
-                class: class.to_owned(),
+                class: class.as_str().to_owned(),
             })
             .inc();
     }
@@ -122,6 +129,7 @@ impl HaltStats {
         );
     }
 
+    /// The totals, as `/v1/stats` shows them.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "matched": self.matched.get(),

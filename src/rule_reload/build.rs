@@ -128,7 +128,7 @@ fn check_file(
         )];
     }
     let set = match RuleSet::from_sources(vec![source(dir, file)]) {
-        Ok(set) => set.with_max_body_bytes(max_body_bytes),
+        Ok(set) => set,
         Err(errors) => {
             return errors
                 .errors()
@@ -158,7 +158,9 @@ fn check_file(
         }
     }
     let tests = dir.join("tests");
-    for failure in crate::rules::cases::failures_for_provider(&set, &tests, file.provider()) {
+    for failure in
+        crate::rules::cases::failures_for_provider(&set, max_body_bytes, &tests, file.provider())
+    {
         errors.push(FileError::unlocated(
             &shown,
             format!("case failed: {failure}"),
@@ -229,7 +231,7 @@ pub fn build(
     let set = loop {
         let sources = candidate.values().map(|file| source(dir, file)).collect();
         let errors = match RuleSet::from_sources(sources) {
-            Ok(set) => break set.with_max_body_bytes(max_body_bytes),
+            Ok(set) => break set,
             Err(errors) => errors,
         };
         let named: BTreeSet<String> = errors

@@ -31,7 +31,13 @@ pub fn run(
 ) -> io::Result<DiffSummary> {
     let decide = |rules: &RuleSet| -> io::Result<Vec<Value>> {
         let mut decided = Vec::new();
-        crate::classify::run(rules, hosts, &mut &corpus[..], &mut decided)?;
+        crate::classify::run(
+            rules,
+            hosts,
+            crate::rules::DEFAULT_MAX_BODY_BYTES,
+            &mut &corpus[..],
+            &mut decided,
+        )?;
         Ok(decided
             .split(|byte| *byte == b'\n')
             .filter(|line| !line.is_empty())

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::snapshot::{self, RuleFile};
 
 /// The kept files; none when the directory does not exist yet or cannot be read.
-pub fn load(dir: &Path) -> BTreeMap<String, RuleFile> {
+pub(super) fn load(dir: &Path) -> BTreeMap<String, RuleFile> {
     let Ok(snapshot) = snapshot::read(dir) else {
         return BTreeMap::new();
     };
@@ -20,7 +20,7 @@ pub fn load(dir: &Path) -> BTreeMap<String, RuleFile> {
 
 /// Replaces the kept files with `files`: each written to a temporary name and renamed, so a
 /// crash leaves whole files; files no longer live are removed afterwards.
-pub fn save(dir: &Path, files: &BTreeMap<String, RuleFile>) -> io::Result<()> {
+pub(super) fn save(dir: &Path, files: &BTreeMap<String, RuleFile>) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for file in files.values() {
         let temporary = dir.join(format!(".{}.tmp", file.name));

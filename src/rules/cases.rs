@@ -74,8 +74,9 @@ struct CaseRun {
 
 /// Runs every case under `dir/tests` against the rules in `dir`, prints each failure with its
 /// explanation, the coverage problems and a summary. True when everything passed and at least
-/// one case ran; `Err` when `dir` cannot be read.
-pub fn run(dir: &Path, out: &mut dyn Write) -> io::Result<bool> {
+/// one case ran; `Err` when `dir` cannot be read. Bodies over `max_body_bytes` are uninspected,
+/// as in the proxy ([`super::DEFAULT_MAX_BODY_BYTES`] unless configured otherwise).
+pub fn run(dir: &Path, max_body_bytes: usize, out: &mut dyn Write) -> io::Result<bool> {
     readable_dir(dir)?;
     let rules = match RuleSet::load_dir(dir) {
         Ok(rules) => rules,
@@ -123,9 +124,9 @@ pub fn run(dir: &Path, out: &mut dyn Write) -> io::Result<bool> {
                 }
                 match kind {
                     CaseKind::Provider(dir_provider) => {
-                        run_provider_case(&rules, &case, dir_provider, &hosts)
+                        run_provider_case(&rules, max_body_bytes, &case, dir_provider, &hosts)
                     }
-                    CaseKind::Transient => run_transient_case(&rules, &case),
+                    CaseKind::Transient => run_transient_case(&rules, max_body_bytes, &case),
                 }
             }
         };
@@ -213,6 +214,7 @@ fn discover(tests_dir: &Path) -> Result<Vec<(PathBuf, CaseKind)>, String> {
 
 fn run_provider_case(
     rules: &RuleSet,
+    max_body_bytes: usize,
     case: &CaseFile,
     dir_provider: &str,
     hosts: &[(String, String)],
@@ -244,11 +246,18 @@ fn run_provider_case(
             .push("the case has neither `expect` nor `not_rules`, so it checks nothing".into());
         return run;
     }
-    run.failures = check_case(rules, case, &prepared, provider, &mut run.explanations);
+    run.failures = check_case(
+        rules,
+        max_body_bytes,
+        case,
+        &prepared,
+        provider,
+        &mut run.explanations,
+    );
     run
 }
 
-fn run_transient_case(rules: &RuleSet, case: &CaseFile) -> CaseRun {
+fn run_transient_case(rules: &RuleSet, max_body_bytes: usize, case: &CaseFile) -> CaseRun {
     let mut run = CaseRun::default();
     let prepared = match PreparedExchange::prepare(&case.request, &case.response) {
         Ok(prepared) => prepared,
@@ -259,9 +268,9 @@ fn run_transient_case(rules: &RuleSet, case: &CaseFile) -> CaseRun {
     };
     let scope = Scope::Known(case.context.as_ref());
     for provider in rules.providers() {
-        let exchange = prepared.exchange(provider, scope, rules.max_body_bytes());
+        let exchange = prepared.exchange(provider, scope, max_body_bytes);
         let explanation = rules.explain(&exchange);
-        let mut failures = engine_consistency(rules, &prepared, provider, case);
+        let mut failures = engine_consistency(rules, max_body_bytes, &prepared, provider, case);
         let matched: Vec<&str> = explanation
             .rules
             .iter()
@@ -285,6 +294,7 @@ fn run_transient_case(rules: &RuleSet, case: &CaseFile) -> CaseRun {
 /// Checks `expect` and `not_rules`; returns the failures.
 fn check_case(
     rules: &RuleSet,
+    max_body_bytes: usize,
     case: &CaseFile,
     prepared: &PreparedExchange,
     provider: &str,
@@ -293,10 +303,10 @@ fn check_case(
     let exchange = prepared.exchange(
         provider,
         Scope::Known(case.context.as_ref()),
-        rules.max_body_bytes(),
+        max_body_bytes,
     );
     let explanation = rules.explain(&exchange);
-    let mut failures = engine_consistency(rules, prepared, provider, case);
+    let mut failures = engine_consistency(rules, max_body_bytes, prepared, provider, case);
     let Verdict::Decided(decision) = &explanation.verdict else {
         failures.push("the engine asked for the scope although it was given".into());
         explanations.push(explanation.to_string());
@@ -368,6 +378,7 @@ fn check_case(
 /// and classifying without the scope either asks for it or reaches the same verdict.
 fn engine_consistency(
     rules: &RuleSet,
+    max_body_bytes: usize,
     prepared: &PreparedExchange,
     provider: &str,
     case: &CaseFile,
@@ -376,7 +387,7 @@ fn engine_consistency(
     let known = prepared.exchange(
         provider,
         Scope::Known(case.context.as_ref()),
-        rules.max_body_bytes(),
+        max_body_bytes,
     );
     let classified = rules.classify(&known);
     let explained = rules.explain(&known).verdict;
@@ -385,7 +396,7 @@ fn engine_consistency(
             "engine: classify gave {classified:?} but explain gave {explained:?} (provider {provider})"
         ));
     }
-    let unknown = prepared.exchange(provider, Scope::Unknown, rules.max_body_bytes());
+    let unknown = prepared.exchange(provider, Scope::Unknown, max_body_bytes);
     let without_scope = rules.classify(&unknown);
     if without_scope != Verdict::NeedsScope && without_scope != classified {
         failures.push(format!(
@@ -399,7 +410,12 @@ fn engine_consistency(
 /// when the case names none and its host is unknown) and checks its expectations if it has any.
 /// True when the case could be explained and its expectations hold; `Err` when the rules
 /// directory or the case file cannot be read.
-pub fn explain(dir: &Path, case_path: &Path, out: &mut dyn Write) -> io::Result<bool> {
+pub fn explain(
+    dir: &Path,
+    case_path: &Path,
+    max_body_bytes: usize,
+    out: &mut dyn Write,
+) -> io::Result<bool> {
     readable_dir(dir)?;
     std::fs::metadata(case_path).map_err(|error| {
         io::Error::new(
@@ -453,11 +469,18 @@ pub fn explain(dir: &Path, case_path: &Path, out: &mut dyn Write) -> io::Result<
         let exchange = prepared.exchange(
             provider,
             Scope::Known(case.context.as_ref()),
-            rules.max_body_bytes(),
+            max_body_bytes,
         );
         write!(out, "{}", rules.explain(&exchange))?;
         if case.expect.is_some() || !case.not_rules.is_empty() {
-            let failures = check_case(&rules, &case, &prepared, provider, &mut Vec::new());
+            let failures = check_case(
+                &rules,
+                max_body_bytes,
+                &case,
+                &prepared,
+                provider,
+                &mut Vec::new(),
+            );
             if failures.is_empty() {
                 writeln!(out, "expectations: ok")?;
             } else {
@@ -475,7 +498,12 @@ pub fn explain(dir: &Path, case_path: &Path, out: &mut dyn Write) -> io::Result<
 /// against `rules`, each prefixed with its case file. Hot reload runs this for every changed
 /// rule file before it goes live; coverage (a case per rule) is left to `rules test`. A missing
 /// `tests_dir` has no cases, so nothing fails.
-pub fn failures_for_provider(rules: &RuleSet, tests_dir: &Path, provider: &str) -> Vec<String> {
+pub fn failures_for_provider(
+    rules: &RuleSet,
+    max_body_bytes: usize,
+    tests_dir: &Path,
+    provider: &str,
+) -> Vec<String> {
     let Ok(files) = discover(tests_dir) else {
         return Vec::new();
     };
@@ -488,8 +516,10 @@ pub fn failures_for_provider(rules: &RuleSet, tests_dir: &Path, provider: &str) 
                 failures: vec![message],
                 explanations: Vec::new(),
             },
-            (CaseKind::Provider(dir), Ok(case)) => run_provider_case(rules, &case, dir, &hosts),
-            (CaseKind::Transient, Ok(case)) => run_transient_case(rules, &case),
+            (CaseKind::Provider(dir), Ok(case)) => {
+                run_provider_case(rules, max_body_bytes, &case, dir, &hosts)
+            }
+            (CaseKind::Transient, Ok(case)) => run_transient_case(rules, max_body_bytes, &case),
         };
         let shown = path.display();
         failures.extend(run.failures.into_iter().map(|f| format!("{shown}: {f}")));

@@ -1,65 +1,11 @@
 //! The engine's answers: `Verdict`, `Decision`, `Class`, and the `Explanation` trace.
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// What a response means for the session.
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum Class {
-    /// The agent lost access to the session's resource: close the session, halt.
-    LostAccess,
-    /// The credential itself is no longer valid: every session on it must stop.
-    CredentialInvalid,
-    /// The upstream forgot the resumable session id: reset it, do not halt.
-    StaleSession,
-    /// Nothing to do.
-    Pass,
-}
-
-impl Class {
-    pub const ALL: [Class; 4] = [
-        Class::LostAccess,
-        Class::CredentialInvalid,
-        Class::StaleSession,
-        Class::Pass,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::LostAccess => "lost_access",
-            Class::CredentialInvalid => "credential_invalid",
-            Class::StaleSession => "stale_session",
-            Class::Pass => "pass",
-        }
-    }
-}
-
-impl fmt::Display for Class {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown class `{0}`, expected one of lost_access, credential_invalid, stale_session, pass"
-)]
-pub struct UnknownClass(pub String);
-
-impl FromStr for Class {
-    type Err = UnknownClass;
-
-    fn from_str(text: &str) -> Result<Class, UnknownClass> {
-        Class::ALL
-            .into_iter()
-            .find(|class| class.as_str() == text)
-            .ok_or_else(|| UnknownClass(text.to_owned()))
-    }
-}
+pub use crate::class::{Class, UnknownClass};
 
 /// How a rule takes part in decisions.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash)]

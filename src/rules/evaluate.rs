@@ -80,14 +80,11 @@ pub(crate) struct Ctx<'e, 'a> {
 }
 
 impl<'e, 'a> Ctx<'e, 'a> {
-    pub(crate) fn new(exchange: &'e Exchange<'a>, max_body_bytes: usize) -> Ctx<'e, 'a> {
+    /// The body limit is applied by whoever built `exchange` (an over-limit body arrives as
+    /// `Uninspected`).
+    pub(crate) fn new(exchange: &'e Exchange<'a>) -> Ctx<'e, 'a> {
         let body = match exchange.response_body {
             ResponseBody::Uninspected => BodyInput::Uninspected,
-            ResponseBody::Complete(bytes) | ResponseBody::SseEvent(bytes)
-                if bytes.len() > max_body_bytes =>
-            {
-                BodyInput::Uninspected
-            }
             ResponseBody::SseEvent(bytes) => BodyInput::Event(bytes),
             ResponseBody::Complete(bytes) if is_event_stream(exchange.head.response_headers) => {
                 BodyInput::EventStream(bytes)

@@ -58,14 +58,14 @@ use evaluate::{decide, transient_cause, Ctx, GuardRef, Judgement};
 use matcher::{Truth, Why};
 use prefilter::{merge_sorted, Candidates};
 
-/// Bodies larger than this are not inspected unless set otherwise.
+/// Bodies larger than this are not inspected unless set otherwise (the halt layer's
+/// `HaltConfig`, `inspect.max_body_bytes`, the `limit` of [`exchange::PreparedExchange::exchange`]).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A compiled, immutable set of rules for all providers.
 #[derive(Debug)]
 pub struct RuleSet {
     providers: Vec<ProviderRules>,
-    max_body_bytes: usize,
 }
 
 /// A rule as `rules test` and reports see it.
@@ -141,13 +141,7 @@ impl RuleSet {
     pub fn from_sources(sources: Vec<RuleSource>) -> Result<RuleSet, RuleErrors> {
         Ok(RuleSet {
             providers: compile::compile(sources)?,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         })
-    }
-
-    pub fn with_max_body_bytes(mut self, max_body_bytes: usize) -> RuleSet {
-        self.max_body_bytes = max_body_bytes;
-        self
     }
 
     /// Provider names, sorted.
@@ -165,10 +159,6 @@ impl RuleSet {
 
     pub fn file_count(&self) -> usize {
         self.providers.len()
-    }
-
-    pub fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes
     }
 
     /// Every rule, provider by provider, in evaluation order.
@@ -224,7 +214,7 @@ impl RuleSet {
     /// Decides one response. Pure; allocates nothing unless some rule gets past its head
     /// matchers and the prefilter.
     pub fn classify(&self, exchange: &Exchange<'_>) -> Verdict {
-        let ctx = Ctx::new(exchange, self.max_body_bytes);
+        let ctx = Ctx::new(exchange);
         let Some(provider) = self.provider(exchange.head.provider) else {
             return Verdict::Decided(Decision::pass(ctx.body_inspected()));
         };
@@ -251,7 +241,7 @@ impl RuleSet {
     /// The same decision as `classify`, with every rule and guard judged and the reason for
     /// each. Evaluates everything without the prefilter, so it is also a cross-check of it.
     pub fn explain(&self, exchange: &Exchange<'_>) -> Explanation {
-        let ctx = Ctx::new(exchange, self.max_body_bytes);
+        let ctx = Ctx::new(exchange);
         let head = &exchange.head;
         let Some(provider) = self.provider(head.provider) else {
             return Explanation {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::StoreError;
 use super::model::{
-    check_exact, check_rule, hex, truncate_at_char, unix_ms_now, CloseClass, MAX_DETAIL_BYTES,
+    check_exact, check_rule, hex, truncate_at_char, unix_ms_now, Class, MAX_DETAIL_BYTES,
 };
 
 /// Hex HMAC-SHA256 of a raw credential: 64 lowercase hex characters.
@@ -250,7 +250,7 @@ fn token_parameters(pairs: &[u8], place: CredentialPlace) -> Vec<Presented> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialBlock {
     pub fingerprint: Fingerprint,
-    pub class: CloseClass,
+    pub class: Class,
     pub rule: String,
     pub reason: String,
     pub blocked_at_ms: u64,
@@ -259,7 +259,7 @@ pub struct CredentialBlock {
 impl CredentialBlock {
     pub fn new(
         fingerprint: Fingerprint,
-        class: CloseClass,
+        class: Class,
         rule: impl Into<String>,
         reason: impl Into<String>,
     ) -> Self {

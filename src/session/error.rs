@@ -54,6 +54,12 @@ impl StoreError {
     }
 }
 
+impl From<crate::class::InvalidClass> for StoreError {
+    fn from(error: crate::class::InvalidClass) -> Self {
+        StoreError::invalid(error.to_string())
+    }
+}
+
 impl From<InvalidSessionId> for StoreError {
     fn from(err: InvalidSessionId) -> Self {
         StoreError::InvalidInput(err.to_string())

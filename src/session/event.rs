@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::credential::{CredentialBlock, Fingerprint};
-use super::model::{CloseClass, SessionId, SessionStatus};
+use super::model::{Class, SessionId, SessionStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,7 +66,7 @@ pub struct StateEvent {
     /// credential's generation, raised by one on every block and unblock.
     pub epoch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class: Option<CloseClass>,
+    pub class: Option<Class>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,7 +151,7 @@ pub enum Notice {
 pub struct ClosureSummary {
     /// The epoch that was closed.
     pub epoch: u64,
-    pub class: CloseClass,
+    pub class: Class,
     pub rule: String,
     pub reason: String,
     pub closed_at_ms: u64,

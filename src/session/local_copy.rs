@@ -189,7 +189,7 @@ impl LocalCopy {
                                 closed: block.is_some(),
                                 closure: block.as_ref().map(|d| ClosureSummary {
                                     epoch: *generation,
-                                    class: d.class.clone(),
+                                    class: d.class,
                                     rule: d.rule.to_string(),
                                     reason: String::new(),
                                     closed_at_ms: 0,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::closed_set::Detail;
 use super::error::StoreError;
 use super::event::ClosureSummary;
-use super::model::CloseClass;
+use super::model::Class;
 
 /// `epoch` and `closed` by max; `closure` is the newest closure (or block) known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl MarkRow {
             if row.closure.as_ref().is_none_or(|known| at > known.epoch) {
                 row.closure = Some(ClosureSummary {
                     epoch: at,
-                    class: detail.class.clone(),
+                    class: detail.class,
                     rule: detail.rule.to_string(),
                     reason: String::new(),
                     closed_at_ms: 0,
@@ -60,7 +60,7 @@ impl MarkRow {
             (
                 c.epoch,
                 Arc::new(Detail {
-                    class: c.class.clone(),
+                    class: c.class,
                     rule: Arc::from(c.rule.as_str()),
                 }),
             )
@@ -104,7 +104,7 @@ impl MarkRow {
             let reason = reader.text(reader.0.len())?.to_owned();
             Some(ClosureSummary {
                 epoch,
-                class: CloseClass::parse(class).map_err(|_| corrupt())?,
+                class: Class::from_name(class).map_err(|_| corrupt())?,
                 rule,
                 reason,
                 closed_at_ms,
@@ -164,7 +164,7 @@ mod tests {
             closed: true,
             closure: Some(ClosureSummary {
                 epoch: 9_007_199_254_740_991,
-                class: CloseClass::Other("custom_class".into()),
+                class: Class::from_name("custom_class").unwrap(),
                 rule: "slack.not_in_channel".into(),
                 reason: "The bot was removed — ünïcode".into(),
                 closed_at_ms: 1_700_000_000_000,
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn merge_keeps_the_max_and_the_newest_closure() {
         let detail = |rule: &str| Detail {
-            class: CloseClass::LostAccess,
+            class: Class::LostAccess,
             rule: Arc::from(rule),
         };
         let closed = MarkRow::merge(None, 0, true, Some((0, &detail("a"))));

@@ -69,7 +69,7 @@ pub use event::{
 pub use local_copy::{LoadedCopy, LocalCopy};
 pub(crate) use model::hex;
 pub use model::{
-    unix_ms_now, AddWakeup, ClaimedWakeup, CloseClass, CloseOutcome, Closure, ClosureInfo,
+    unix_ms_now, AddWakeup, ClaimedWakeup, Class, CloseOutcome, Closure, ClosureInfo,
     InvalidSessionId, OpenSpec, SessionId, SessionRecord, SessionStatus, Wakeup, MAX_DETAIL_BYTES,
     MAX_EXACT_INTEGER, MAX_LEASE_MS, MAX_PAYLOAD_BYTES, MAX_RESUME_BYTES, MAX_RULE_BYTES,
     MAX_SCOPE_BYTES,

@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::class::Class;
+
 use super::error::StoreError;
 
 /// Largest epoch and timestamp a store accepts: 2^53 - 1. Redis scripts compute in Lua
@@ -140,79 +142,6 @@ impl SessionStatus {
     }
 }
 
-/// Why a session was closed. Serialized as its snake_case name.
-///
-/// `Superseded` is never stored: the closed set reports it for a request of an old
-/// generation when it knows the session moved on but not how the old one ended.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum CloseClass {
-    LostAccess,
-    CredentialInvalid,
-    Manual,
-    Superseded,
-    /// Any other lowercase name (`[a-z][a-z0-9_]{0,63}`), for classes added later.
-    Other(String),
-}
-
-impl CloseClass {
-    pub fn as_str(&self) -> &str {
-        match self {
-            CloseClass::LostAccess => "lost_access",
-            CloseClass::CredentialInvalid => "credential_invalid",
-            CloseClass::Manual => "manual",
-            CloseClass::Superseded => "superseded",
-            CloseClass::Other(name) => name,
-        }
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, StoreError> {
-        Ok(match raw {
-            "lost_access" => CloseClass::LostAccess,
-            "credential_invalid" => CloseClass::CredentialInvalid,
-            "manual" => CloseClass::Manual,
-            "superseded" => CloseClass::Superseded,
-            other => {
-                let mut bytes = other.bytes();
-                let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase());
-                let rest_ok =
-                    bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-                if !first_ok || !rest_ok || other.len() > 64 {
-                    return Err(StoreError::invalid(format!(
-                        "close class {other:?} must match [a-z][a-z0-9_]{{0,63}}"
-                    )));
-                }
-                CloseClass::Other(other.to_owned())
-            }
-        })
-    }
-}
-
-impl fmt::Display for CloseClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CloseClass {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        CloseClass::parse(s)
-    }
-}
-
-impl Serialize for CloseClass {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for CloseClass {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        CloseClass::parse(&raw).map_err(serde::de::Error::custom)
-    }
-}
-
 // === Closure ===
 
 /// A request to close a session, as the proxy or the control API makes it.
@@ -221,7 +150,7 @@ pub struct Closure {
     /// Generation to close. `None` means the generation current at `at_ms`: if the session
     /// was (re)opened after `at_ms`, the close is fenced (it was about an older generation).
     pub epoch: Option<u64>,
-    pub class: CloseClass,
+    pub class: Class,
     /// Name of the rule that matched (or e.g. `manual`).
     pub rule: String,
     /// Short human reason.
@@ -237,7 +166,7 @@ pub struct Closure {
 }
 
 impl Closure {
-    pub fn new(class: CloseClass, rule: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(class: Class, rule: impl Into<String>, reason: impl Into<String>) -> Self {
         Closure {
             epoch: None,
             class,
@@ -316,7 +245,7 @@ pub(crate) fn truncate_at_char(text: &str, max: usize) -> &str {
 /// How a closed session ended, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClosureInfo {
-    pub class: CloseClass,
+    pub class: Class,
     pub rule: String,
     pub reason: String,
     pub detail: String,
@@ -327,7 +256,7 @@ pub struct ClosureInfo {
 impl ClosureInfo {
     pub(crate) fn from_closure(closure: &Closure) -> Self {
         ClosureInfo {
-            class: closure.class.clone(),
+            class: closure.class,
             rule: closure.rule.clone(),
             reason: closure.reason.clone(),
             detail: closure.detail.clone(),
@@ -589,17 +518,17 @@ mod tests {
             "superseded",
             "quota_gone",
         ] {
-            assert_eq!(CloseClass::parse(name).unwrap().as_str(), name);
+            assert_eq!(Class::from_name(name).unwrap().as_str(), name);
         }
-        assert!(CloseClass::parse("Lost").is_err());
-        assert!(CloseClass::parse("").is_err());
-        assert!(CloseClass::parse("9lives").is_err());
+        assert!(Class::from_name("Lost").is_err());
+        assert!(Class::from_name("").is_err());
+        assert!(Class::from_name("9lives").is_err());
     }
 
     #[test]
     fn normalized_closure_cuts_detail_at_a_char_boundary() {
         let detail = "\u{e9}".repeat(600); // 1200 bytes
-        let closure = Closure::new(CloseClass::LostAccess, "slack.not_in_channel", "kicked")
+        let closure = Closure::new(Class::LostAccess, "slack.not_in_channel", "kicked")
             .with_detail(detail)
             .normalized()
             .unwrap();
@@ -609,10 +538,8 @@ mod tests {
 
     #[test]
     fn normalized_closure_rejects_bad_rule_and_huge_epoch() {
-        assert!(Closure::new(CloseClass::Manual, "", "x")
-            .normalized()
-            .is_err());
-        assert!(Closure::new(CloseClass::Manual, "r", "x")
+        assert!(Closure::new(Class::Manual, "", "x").normalized().is_err());
+        assert!(Closure::new(Class::Manual, "r", "x")
             .at_epoch(MAX_EXACT_INTEGER + 1)
             .normalized()
             .is_err());

@@ -586,7 +586,7 @@ impl Inner {
             stored.record.closure = Some(ClosureInfo::from_closure(&closure));
             stored.last_closure = Some(ClosureSummary {
                 epoch,
-                class: closure.class.clone(),
+                class: closure.class,
                 rule: closure.rule.clone(),
                 reason: closure.reason.clone(),
                 closed_at_ms: closure.at_ms,
@@ -594,7 +594,7 @@ impl Inner {
             Self::save_session(txn, &stored)?;
             let mut event = StateEvent::bare(EventKind::Closed, epoch, closure.at_ms);
             event.session = Some(id.clone());
-            event.class = Some(closure.class.clone());
+            event.class = Some(closure.class);
             event.rule = Some(closure.rule.clone());
             event.reason = Some(closure.reason.clone());
             event.detail = Some(closure.detail.clone());
@@ -853,7 +853,7 @@ impl Inner {
                 block.blocked_at_ms,
             );
             event.fingerprint = Some(block.fingerprint.clone());
-            event.class = Some(block.class.clone());
+            event.class = Some(block.class);
             event.rule = Some(block.rule.clone());
             event.reason = Some(block.reason.clone());
             drop(credentials);

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use super::credential::{CredentialBlock, Fingerprint};
 use super::event::{EventCursor, EventKind, Snapshot, StateEvent};
-use super::model::{CloseClass, CloseOutcome, Closure, SessionId, SessionRecord, SessionStatus};
+use super::model::{Class, CloseOutcome, Closure, SessionId, SessionRecord, SessionStatus};
 
 pub use packed::Detail;
 use packed::{credential_key, DetailRef, Details, Key, KeyMap, Mark, SessionKeys};
@@ -42,7 +42,7 @@ const SHARDS: usize = 64;
 pub struct ClosedEntry {
     /// The epoch that was closed.
     pub epoch: u64,
-    pub class: CloseClass,
+    pub class: Class,
     pub rule: Arc<str>,
 }
 
@@ -231,7 +231,7 @@ impl ClosedSet {
                 Some(match history.get(&key) {
                     Some((closed_epoch, detail)) if *closed_epoch >= epoch => ClosedEntry {
                         epoch: *closed_epoch,
-                        class: detail.class.clone(),
+                        class: detail.class,
                         rule: detail.rule.clone(),
                     },
                     _ => superseded(mark.epoch() - 1),
@@ -245,12 +245,12 @@ impl ClosedSet {
         match self.details.get(key, detail) {
             Some(detail) => ClosedEntry {
                 epoch,
-                class: detail.class.clone(),
+                class: detail.class,
                 rule: detail.rule.clone(),
             },
             None => ClosedEntry {
                 epoch,
-                class: CloseClass::Manual,
+                class: Class::Manual,
                 rule: Arc::from(""),
             },
         }
@@ -298,7 +298,7 @@ impl ClosedSet {
         }
         Some(self.details.get(key, mark.detail()).unwrap_or_else(|| {
             Arc::new(Detail {
-                class: CloseClass::CredentialInvalid,
+                class: Class::CredentialInvalid,
                 rule: Arc::from(""),
             })
         }))
@@ -367,7 +367,7 @@ impl ClosedSet {
             }
             EventKind::Closed => {
                 if let Some(id) = &event.session {
-                    let class = event.class.as_ref().unwrap_or(&CloseClass::Manual);
+                    let class = event.class.as_ref().unwrap_or(&Class::Manual);
                     let rule = event.rule.as_deref().unwrap_or_default();
                     self.merge_session_parts(
                         id,
@@ -381,10 +381,7 @@ impl ClosedSet {
             EventKind::CredentialBlocked => {
                 if let Some(fingerprint) = &event.fingerprint {
                     let block = detail(
-                        event
-                            .class
-                            .as_ref()
-                            .unwrap_or(&CloseClass::CredentialInvalid),
+                        event.class.as_ref().unwrap_or(&Class::CredentialInvalid),
                         event.rule.as_deref().unwrap_or_default(),
                     );
                     self.merge_credential(fingerprint, event.epoch, Some(block));
@@ -441,7 +438,7 @@ impl ClosedSet {
         id: &SessionId,
         epoch: u64,
         closed: bool,
-        closure: Option<(u64, &CloseClass, &str)>,
+        closure: Option<(u64, &Class, &str)>,
     ) {
         let key = self.keys.key(id.as_str());
         let mut shard = Self::shard_of(&self.sessions, key)
@@ -560,9 +557,9 @@ impl ClosedSet {
     }
 }
 
-fn detail(class: &CloseClass, rule: &str) -> Arc<Detail> {
+fn detail(class: &Class, rule: &str) -> Arc<Detail> {
     Arc::new(Detail {
-        class: class.clone(),
+        class: *class,
         rule: Arc::from(rule),
     })
 }
@@ -571,7 +568,7 @@ fn detail(class: &CloseClass, rule: &str) -> Arc<Detail> {
 fn superseded(epoch: u64) -> ClosedEntry {
     ClosedEntry {
         epoch,
-        class: CloseClass::Superseded,
+        class: Class::Superseded,
         rule: Arc::from(""),
     }
 }
@@ -588,7 +585,7 @@ mod tests {
     fn closed_event(id: &str, epoch: u64) -> StateEvent {
         let mut event = StateEvent::bare(EventKind::Closed, epoch, 10);
         event.session = Some(sid(id));
-        event.class = Some(CloseClass::LostAccess);
+        event.class = Some(Class::LostAccess);
         event.rule = Some("slack.not_in_channel".into());
         event
     }
@@ -635,7 +632,7 @@ mod tests {
         set.apply_event(&reopened_event("a", 1));
         assert_eq!(set.closed_count(), 1);
         let fp = Fingerprint::parse(&"cd".repeat(32)).unwrap();
-        let block = CredentialBlock::new(fp.clone(), CloseClass::CredentialInvalid, "r", "x");
+        let block = CredentialBlock::new(fp.clone(), Class::CredentialInvalid, "r", "x");
         set.insert_block(&block);
         set.insert_block(&block);
         assert_eq!(set.blocked_count(), 1);
@@ -695,7 +692,7 @@ mod tests {
         set.apply_event(&reopened_event("a", 3));
         assert_eq!(
             set.check(&sid("a"), Some(2)).unwrap().class,
-            CloseClass::Superseded
+            Class::Superseded
         );
         assert!(set.check(&sid("a"), Some(3)).is_none());
     }
@@ -723,7 +720,7 @@ mod tests {
             !set.is_blocked(&fp),
             "an older block must not undo a newer unblock"
         );
-        let block = CredentialBlock::new(fp.clone(), CloseClass::CredentialInvalid, "r", "x");
+        let block = CredentialBlock::new(fp.clone(), Class::CredentialInvalid, "r", "x");
         set.insert_block(&block);
         assert!(
             set.is_blocked(&fp),

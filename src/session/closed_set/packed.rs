@@ -10,7 +10,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::super::credential::Fingerprint;
-use super::super::model::{CloseClass, MAX_EXACT_INTEGER};
+use super::super::model::{Class, MAX_EXACT_INTEGER};
 
 /// A session id reduced to 128 bits by two independently seeded SipHash runs. Seeds are per
 /// process, so nobody can aim a collision at a closed session.
@@ -115,7 +115,7 @@ impl Mark {
 /// What a halt names: the class and rule of a closure or block.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Detail {
-    pub class: CloseClass,
+    pub class: Class,
     pub rule: Arc<str>,
 }
 
@@ -123,7 +123,7 @@ pub struct Detail {
 pub(super) struct DetailRef(u16);
 
 /// A class a rule was seen with, and the slot of that pair.
-type ClassSlot = (CloseClass, u16);
+type ClassSlot = (Class, u16);
 
 impl DetailRef {
     pub(super) const NONE: DetailRef = DetailRef(0);
@@ -150,7 +150,7 @@ impl Details {
     }
 
     /// The reference for `(class, rule)`; allocates only the first time a pair is seen.
-    pub(super) fn intern(&self, key: Key, class: &CloseClass, rule: &str) -> DetailRef {
+    pub(super) fn intern(&self, key: Key, class: &Class, rule: &str) -> DetailRef {
         let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(&(_, slot)) = index
             .get(rule)
@@ -159,17 +159,14 @@ impl Details {
             return DetailRef(slot);
         }
         let detail = Arc::new(Detail {
-            class: class.clone(),
+            class: *class,
             rule: Arc::from(rule),
         });
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
         if table.len() < usize::from(DetailRef::OVERFLOW.0 - 1) {
             table.push(detail);
             let slot = table.len() as u16;
-            index
-                .entry(rule.into())
-                .or_default()
-                .push((class.clone(), slot));
+            index.entry(rule.into()).or_default().push((*class, slot));
             return DetailRef(slot);
         }
         drop(table);
@@ -220,11 +217,11 @@ mod tests {
     fn details_past_the_table_go_to_the_overflow_map() {
         let details = Details::new();
         let keys = SessionKeys::new();
-        let class = CloseClass::LostAccess;
+        let class = Class::LostAccess;
         let first = details.intern(keys.key("a"), &class, "rule.0");
         assert_eq!(details.intern(keys.key("b"), &class, "rule.0"), first);
         assert_ne!(
-            details.intern(keys.key("b"), &CloseClass::Manual, "rule.0"),
+            details.intern(keys.key("b"), &Class::Manual, "rule.0"),
             first,
             "the class is part of the detail"
         );

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::session::credential::Fingerprint;
 use crate::session::error::StoreError;
 use crate::session::event::{ClosureSummary, EventKind, SessionMark, StateEvent};
-use crate::session::model::{CloseClass, ClosureInfo, SessionId, SessionRecord, SessionStatus};
+use crate::session::model::{Class, ClosureInfo, SessionId, SessionRecord, SessionStatus};
 
 pub(crate) fn text(value: &Value) -> Result<String, StoreError> {
     match value {
@@ -86,7 +86,7 @@ pub(crate) fn record_from_hash(
     };
     let closure = if status == SessionStatus::Closed {
         Some(ClosureInfo {
-            class: CloseClass::parse(get("class").unwrap_or("manual"))
+            class: Class::from_name(get("class").unwrap_or("manual"))
                 .map_err(|e| StoreError::corrupt(e.to_string()))?,
             rule: get("rule").unwrap_or_default().to_owned(),
             reason: get("reason").unwrap_or_default().to_owned(),
@@ -137,7 +137,7 @@ pub(crate) fn event_from_fields(
         .transpose()
         .map_err(|e| StoreError::corrupt(e.to_string()))?;
     event.class = get("class")
-        .map(CloseClass::parse)
+        .map(Class::from_name)
         .transpose()
         .map_err(|e| StoreError::corrupt(e.to_string()))?;
     event.rule = get("rule").map(str::to_owned);
@@ -170,7 +170,7 @@ pub(crate) fn mark_from_json(session: &str, json: &str) -> Result<SessionMark, S
     let last_closure = match (mark.closed_epoch, mark.class) {
         (Some(epoch), Some(class)) => Some(ClosureSummary {
             epoch: number("closed_epoch", &epoch)?,
-            class: CloseClass::parse(&class).map_err(|e| corrupt(e.to_string()))?,
+            class: Class::from_name(&class).map_err(|e| corrupt(e.to_string()))?,
             rule: mark.rule.unwrap_or_default(),
             reason: mark.reason.unwrap_or_default(),
             closed_at_ms: number("closed_at_ms", mark.closed_at_ms.as_deref().unwrap_or("0"))?,
