@@ -49,13 +49,13 @@ pub use decision::{
     RuleTrace, UnknownClass, Verdict,
 };
 pub use exchange::{
-    is_event_stream, sse_events, Exchange, ExchangeHead, PreparedExchange, RecordedRequest,
-    RecordedResponse, ResponseBody, Scope, SseStream,
+    is_event_stream, sse_events, Exchange, ExchangeHead, PreparedExchange, RecordedBody,
+    RecordedRequest, RecordedResponse, ResponseBody, Scope, SseStream,
 };
 
 use compile::ProviderRules;
 use evaluate::{decide, transient_cause, Ctx, GuardRef, Judgement};
-use matcher::{Truth, Why};
+use matcher::{HeadView, Truth, Why};
 use prefilter::{merge_sorted, Candidates};
 
 /// Bodies larger than this are not inspected unless set otherwise.
@@ -207,17 +207,16 @@ impl RuleSet {
             return false;
         };
         let transient = transient_cause(head).is_some();
-        let path = head.path();
-        provider.heads.iter().any(|entry| {
-            (!transient || entry.skips_transient)
-                && entry.head.holds(
-                    head.method,
-                    path,
-                    head.status,
-                    head.request_headers,
-                    head.response_headers,
-                    &mut Why::silent(),
-                )
+        let view = HeadView {
+            method: head.method,
+            path: head.path(),
+            query: head.query(),
+            status: head.status,
+            request_headers: head.request_headers,
+            response_headers: head.response_headers,
+        };
+        provider.rules.iter().any(|rule| {
+            rule.enabled && (!transient || !rule.transient_guard) && rule.when.may_hold(&view)
         })
     }
 
