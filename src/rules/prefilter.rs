@@ -1,8 +1,8 @@
 //! Literal prefilter: one Aho-Corasick pass over the raw body tells which rules could match.
 //!
-//! A rule whose `when` has body matchers can only match if certain literal text appears in the
-//! body: `json = [{ path = "error", one_of = ["not_in_channel"] }]` needs `"not_in_channel"`
-//! (quotes included) and `"error"`. Each rule gets one such set of alternatives (it needs at
+//! A rule whose `when` has body checks can only match if certain literal text appears in the
+//! body: `{ source = "json", path = "error", one_of = ["not_in_channel"] }` needs
+//! `"not_in_channel"` (quotes included) and `"error"`. Each rule gets one such set of alternatives (it needs at
 //! least one of them); the scan collects the patterns present and only rules with a hit are
 //! evaluated, so most responses are decided without parsing JSON and the cost hardly grows with
 //! the number of rules.
