@@ -977,16 +977,16 @@ impl FileCompiler<'_> {
                     _ => Test::OneOf(values.into_boxed_slice()),
                 }
             }
-            word @ ("contains" | "prefix") => {
+            word @ ("contains" | "prefix" | "suffix") => {
                 let text = self.text_of(operand, word)?;
                 if ignore_case && !text.is_ascii() {
                     self.error(span, format!("`{word}` with `ignore_case` needs an ASCII operand; use `regex` with `(?i)`"));
                     return None;
                 }
-                if word == "contains" {
-                    Test::Contains(text.into())
-                } else {
-                    Test::Prefix(text.into())
+                match word {
+                    "contains" => Test::Contains(text.into()),
+                    "prefix" => Test::Prefix(text.into()),
+                    _ => Test::Suffix(text.into()),
                 }
             }
             word @ ("regex" | "glob") => {
@@ -1167,6 +1167,7 @@ const TESTS: &[&str] = &[
     "one_of",
     "contains",
     "prefix",
+    "suffix",
     "regex",
     "glob",
     "exists",
@@ -1300,7 +1301,7 @@ description = "d"
             vec![
                 "5:9 unknown class `lost_acces`, expected one of `lost_access`, `credential_invalid`, `stale_session`",
                 "7:16 unknown guard `nope` in `skip_guards`, expected one of `transient`",
-                "10:39 a check needs exactly one test: `equals`, `one_of`, `contains`, `prefix`, `regex`, `glob`, `exists`, `gt`, `ge`, `lt`, `le`, `equals_scope`",
+                "10:39 a check needs exactly one test: `equals`, `one_of`, `contains`, `prefix`, `suffix`, `regex`, `glob`, `exists`, `gt`, `ge`, `lt`, `le`, `equals_scope`",
                 "11:33 status range `500-400` is empty: 500 is above 400",
                 "12:29 invalid JSON path: empty key at byte 2 in `a..b`",
                 "13:42 invalid regex: unclosed group",

@@ -434,6 +434,7 @@ pub(crate) enum Test {
     Codes(StatusSet),
     Contains(Box<str>),
     Prefix(Box<str>),
+    Suffix(Box<str>),
     /// Also what `glob` compiles to, anchored.
     Regex(BytesRegex),
     Exists,
@@ -459,6 +460,14 @@ impl Test {
             Test::Prefix(prefix) => value.text().is_some_and(|text| {
                 text.len() >= prefix.len()
                     && bytes_equal(&text[..prefix.len()], prefix.as_bytes(), ignore_case)
+            }),
+            Test::Suffix(suffix) => value.text().is_some_and(|text| {
+                text.len() >= suffix.len()
+                    && bytes_equal(
+                        &text[text.len() - suffix.len()..],
+                        suffix.as_bytes(),
+                        ignore_case,
+                    )
             }),
             Test::Regex(regex) => value.text().is_some_and(|text| regex.is_match(text)),
             Test::Exists => true,
@@ -795,6 +804,12 @@ mod tests {
             "error.message",
             Test::Prefix("Credentials".into())
         ));
+        assert!(holds(
+            &body,
+            "error.message",
+            Test::Suffix("Credentials".into())
+        ));
+        assert!(!holds(&body, "error.message", Test::Suffix("Bad".into())));
         assert!(holds(
             &body,
             "error.code",

@@ -389,6 +389,11 @@ pub(crate) fn check_literals(check: &Check) -> Option<Vec<Vec<u8>>> {
                     literal.extend_from_slice(text.as_bytes());
                     options.push(vec![literal]);
                 }
+                Test::Suffix(text) if is_verbatim_in_json(text) => {
+                    let mut literal = text.as_bytes().to_vec();
+                    literal.push(b'"');
+                    options.push(vec![literal]);
+                }
                 Test::Regex(regex) => {
                     let verbatim = regex_literals(regex.as_str(), false).filter(|set| {
                         set.iter().all(|literal| {
@@ -403,7 +408,7 @@ pub(crate) fn check_literals(check: &Check) -> Option<Vec<Vec<u8>>> {
         Source::Body => match &check.test {
             _ if check.ignore_case => {}
             Test::Regex(regex) => options.extend(regex_literals(regex.as_str(), true)),
-            Test::Contains(text) | Test::Prefix(text) => {
+            Test::Contains(text) | Test::Prefix(text) | Test::Suffix(text) => {
                 options.push(vec![text.as_bytes().to_vec()])
             }
             Test::Equals(serde_json::Value::String(text)) => {
