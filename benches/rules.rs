@@ -243,7 +243,7 @@ fn shipped(c: &mut Criterion) {
 /// scope comparison, status ranges with a header test, and literal body regexes on path globs.
 fn synthetic_rules(count: usize) -> RuleSet {
     let mut text = String::from(
-        "schema = 1\n\n[[guard]]\nname = \"synthetic.ratelimited\"\n[guard.when]\njson = [{ path = \"error\", one_of = [\"ratelimited\", \"rate_limited\"] }]\n",
+        "schema = 2\n\n[[guard]]\nname = \"synthetic.ratelimited\"\n[guard.when]\nall = [{ source = \"json\", path = \"error\", one_of = [\"ratelimited\", \"rate_limited\"] }]\n",
     );
     for i in 0..count {
         text.push_str(&format!(
@@ -251,14 +251,14 @@ fn synthetic_rules(count: usize) -> RuleSet {
             i % 3
         ));
         let when = match i % 4 {
-            0 => format!("json = [{{ path = \"ok\", equals = false }}, {{ path = \"error\", equals = \"code_{i}_gone\" }}]\n"),
+            0 => format!("all = [{{ source = \"json\", path = \"ok\", equals = false }}, {{ source = \"json\", path = \"error\", equals = \"code_{i}_gone\" }}]\n"),
             1 => format!(
-                "status = [403, \"404\"]\njson = [{{ path = \"errors[*].extensions.code\", equals = \"CODE_{i}_FORBIDDEN\" }}]\nrequest = [{{ body = \"variables.id\", equals_scope = \"issue\" }}]\n"
+                "all = [{{ source = \"status\", one_of = [403, \"404\"] }}, {{ source = \"json\", path = \"errors[*].extensions.code\", equals = \"CODE_{i}_FORBIDDEN\" }}, {{ source = \"request_json\", path = \"variables.id\", equals_scope = \"issue\" }}]\n"
             ),
             2 => format!(
-                "status = [\"400-499\"]\nheader = [{{ name = \"content-type\", regex = \"json\" }}]\njson = [{{ path = \"error.type\", one_of = [\"type_{i}_a\", \"type_{i}_b\"] }}]\n"
+                "all = [{{ source = \"status\", equals = \"400-499\" }}, {{ source = \"header\", name = \"content-type\", regex = \"json\" }}, {{ source = \"json\", path = \"error.type\", one_of = [\"type_{i}_a\", \"type_{i}_b\"] }}]\n"
             ),
-            _ => format!("path = \"/api/v{i}/**\"\nbody_regex = \"Resource {i} is blocked\"\n"),
+            _ => format!("all = [{{ source = \"url_path\", glob = \"/api/v{i}/**\" }}, {{ source = \"body\", regex = \"Resource {i} is blocked\" }}]\n"),
         };
         text.push_str(&when);
     }

@@ -7,15 +7,17 @@ use serde_json::{json, Value};
 
 use haltgate::rules::{cases, DEFAULT_MAX_BODY_BYTES};
 
-const SHOP_RULES: &str = r#"schema = 1
+const SHOP_RULES: &str = r#"schema = 2
 
 [[rule]]
 id = "shop.key_revoked"
 class = "credential_invalid"
 description = "The shop API key was revoked."
 [rule.when]
-status = [401]
-json = [{ path = "error.code", equals = "key_revoked" }]
+all = [
+  { source = "status", equals = 401 },
+  { source = "json", path = "error.code", equals = "key_revoked" },
+]
 
 [[rule]]
 id = "shop.store_closed"
@@ -23,10 +25,12 @@ class = "lost_access"
 description = "The session's store was closed."
 mode = "shadow"
 [rule.when]
-status = [404]
-json = [{ path = "error.code", equals = "store_closed" }]
-request = [{ path_capture = "store", equals_scope = "store" }]
-path_regex = '^/stores/(?P<store>[a-z0-9]+)$'
+all = [
+  { source = "status", equals = 404 },
+  { source = "json", path = "error.code", equals = "store_closed" },
+  { source = "path_capture", name = "store", equals_scope = "store" },
+  { source = "url_path", regex = '^/stores/(?P<store>[a-z0-9]+)$' },
+]
 "#;
 
 fn case(
@@ -235,14 +239,14 @@ fn the_transient_corpus_runs_against_every_provider() {
     write(
         dir.path(),
         "other.toml",
-        r#"schema = 1
+        r#"schema = 2
 [[rule]]
 id = "other.outage_means_gone"
 class = "lost_access"
 description = "Wrongly treats a 503 as lost access."
 skip_guards = ["transient"]
 [rule.when]
-status = [503]
+all = [{ source = "status", equals = 503 }]
 "#,
     );
     let mut positive = case(

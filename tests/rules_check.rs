@@ -25,22 +25,27 @@ fn reports_every_error_of_every_file_with_its_location() {
 
     // (file:line:column, message start), in file order then source order.
     let expected = [
-        ("alpha.toml:14:1", "unknown field `staus`, expected one of `method`, `path`"),
+        ("alpha.toml:14:29", "unknown key `equls` in a check, expected `source`"),
         ("alpha.toml:18:9", "unknown class `lost_acess`"),
         ("alpha.toml:20:16", "unknown guard `alpha.bussy` in `skip_guards`, expected one of `transient`, `alpha.busy`"),
-        ("alpha.toml:23:14", "set either `path` or `path_regex`, not both"),
-        ("alpha.toml:24:16", "status range `499-400` is empty"),
-        ("alpha.toml:24:27", "status code 1000 is outside 100-999"),
-        ("alpha.toml:25:18", "invalid JSON path: `[x]` in `errors[x].code`"),
-        ("alpha.toml:25:81", "invalid regex: unclosed group"),
-        ("alpha.toml:28:6", "rule id `Alpha Bad Id` must be non-empty"),
-        ("alpha.toml:32:20", "`header` entry `content-type` needs exactly one of"),
+        ("alpha.toml:23:43", "a check needs exactly one test"),
+        ("alpha.toml:24:33", "status range `499-400` is empty"),
+        ("alpha.toml:24:33", "status code 1000 is outside 100-999"),
+        ("alpha.toml:25:29", "invalid JSON path: `[x]` in `errors[x].code`"),
+        ("alpha.toml:26:46", "invalid regex: unclosed group"),
+        ("alpha.toml:30:6", "rule id `Alpha Bad Id` must be non-empty"),
+        ("alpha.toml:34:68", "a check needs exactly one test"),
         ("beta.toml:4:6", "duplicate rule id `alpha.semantics`"),
-        ("beta.toml:10:1", "`when` has no matchers"),
-        ("beta.toml:22:29", "`path_capture = \"repo\"` needs a `path_regex`"),
-        ("delta.toml:1:10", "unknown schema 2"),
+        ("beta.toml:10:1", "`when` has no checks"),
+        ("beta.toml:23:37", "`path_capture` `repo` needs a `url_path` regex"),
+        ("beta.toml:24:47", "unknown list `gone_errors`"),
+        ("delta.toml:1:10", "unknown schema 3"),
+        ("epsilon.toml:2:10", "schema 1 is the previous rule format"),
+        ("epsilon.toml:9:1", "`status` is now a check: `{ source = \"status\", one_of = [...] }`"),
+        ("epsilon.toml:10:1", "`request_header` is now a check: `{ source = \"request_header\", name = \"...\", <test> }`"),
         ("gamma.toml:3:7", "invalid table header"),
     ];
+
     let found: Vec<(String, String)> = output
         .split("\n\n")
         .filter(|block| block.starts_with("error: "))
@@ -74,7 +79,7 @@ fn reports_every_error_of_every_file_with_its_location() {
         dir.join("alpha.toml:17:6").display()
     )));
     assert!(
-        output.ends_with(&format!("15 errors in {}\n", dir.display())),
+        output.ends_with(&format!("19 errors in {}\n", dir.display())),
         "{output}"
     );
 }
@@ -84,15 +89,15 @@ fn renders_the_source_line_and_carets_under_the_span() {
     let (_, output) = check_output(&fixture("broken"));
     let block = output
         .split("\n\n")
-        .find(|block| block.contains("status code 1000"))
+        .find(|block| block.contains("`request_header` is now"))
         .unwrap();
     let excerpt: Vec<&str> = block.lines().skip(2).collect();
     assert_eq!(
         excerpt,
         vec![
             "   |",
-            "24 | status = [200, \"499-400\", 1000]",
-            "   |                           ^^^^",
+            "10 | request_header = [{ name = \"mcp-session-id\", present = true }]",
+            "   | ^^^^^^^^^^^^^^",
         ]
     );
     let block = output
@@ -101,7 +106,7 @@ fn renders_the_source_line_and_carets_under_the_span() {
         .unwrap();
     assert_eq!(
         block.lines().skip(2).collect::<Vec<_>>(),
-        vec!["  |", "1 | schema = 2", "  |          ^"]
+        vec!["  |", "1 | schema = 3", "  |          ^"]
     );
 }
 
@@ -110,7 +115,7 @@ fn a_good_directory_reports_its_counts() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("demo.toml"),
-        "schema = 1\n[[rule]]\nid = \"demo.a\"\nclass = \"lost_access\"\ndescription = \"d\"\nwhen = { status = [410] }\n",
+        "schema = 2\n[[rule]]\nid = \"demo.a\"\nclass = \"lost_access\"\ndescription = \"d\"\nwhen = { all = [{ source = \"status\", equals = 410 }] }\n",
     )
     .unwrap();
     std::fs::create_dir(dir.path().join("tests")).unwrap();
@@ -141,8 +146,8 @@ fn an_empty_or_missing_directory_is_an_error() {
 #[test]
 fn errors_are_available_as_values_too() {
     let errors = RuleSet::from_sources(vec![
-        RuleSource::new("one.toml", "one", "schema = 1\n[[rule]]\nid = \"x\"\nclass = \"nope\"\ndescription = \"d\"\nwhen = { status = [401] }\n"),
-        RuleSource::new("two.toml", "two", "schema = 1\nrule = 3\n"),
+        RuleSource::new("one.toml", "one", "schema = 2\n[[rule]]\nid = \"x\"\nclass = \"nope\"\ndescription = \"d\"\nwhen = { all = [{ source = \"status\", equals = 401 }] }\n"),
+        RuleSource::new("two.toml", "two", "schema = 2\nrule = 3\n"),
     ])
     .unwrap_err();
     let located: Vec<(&str, Option<(usize, usize)>)> = errors

@@ -235,6 +235,7 @@ proptest! {
         scoped in any::<bool>(),
         known_scope in any::<bool>(),
         as_event in any::<bool>(),
+        credential in any::<bool>(),
     ) {
         let (body, content_type) = framed(&documents, &framing);
         let mut response_headers = HeaderMap::new();
@@ -242,6 +243,9 @@ proptest! {
         let mut request_headers = HeaderMap::new();
         request_headers.insert("mcp-session-id", HeaderValue::from_static("abc"));
         request_headers.insert("content-type", HeaderValue::from_static("application/json"));
+        if credential {
+            request_headers.insert("authorization", HeaderValue::from_static("Bearer xoxb-REDACTED"));
+        }
         let request_body = br#"{"channel":"C0123ABCD","variables":{"id":"ENG-1"},"resource":"R1"}"#;
         let scope_value = json!({"slack_channel": "C0123ABCD", "github_repo": "acme/widgets", "linear_issue": "ENG-1", "demo_resource": "R1"});
         let scope = match (known_scope, scoped) {
@@ -297,7 +301,11 @@ fn generated_documents_often_match_a_rule() {
     let method = Method::POST;
     let mut response_headers = HeaderMap::new();
     response_headers.insert("content-type", HeaderValue::from_static("application/json"));
-    let request_headers = HeaderMap::new();
+    let mut request_headers = HeaderMap::new();
+    request_headers.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer xoxb-REDACTED"),
+    );
     for _ in 0..300 {
         let documents = strategy.new_tree(&mut runner).unwrap().current();
         let before = matched;
@@ -340,7 +348,7 @@ fn single_provider(rules: &str) -> RuleSet {
     RuleSet::from_sources(vec![haltgate::rules::RuleSource::new(
         "p.toml",
         "p",
-        format!("schema = 1\n{rules}"),
+        format!("schema = 2\n{rules}"),
     )])
     .unwrap_or_else(|errors| panic!("{errors}"))
 }
@@ -377,21 +385,21 @@ id = "p.short"
 class = "lost_access"
 description = "Its literal is a prefix of the next rule's."
 priority = 2
-when = { body_regex = "Not Found" }
+when = { all = [{ source = "body", regex = "Not Found" }] }
 
 [[rule]]
 id = "p.long"
 class = "lost_access"
 description = "Longer literal starting at the same place."
 priority = 1
-when = { body_regex = "Not Found at all" }
+when = { all = [{ source = "body", contains = "Not Found at all" }] }
 
 [[rule]]
 id = "p.overlap"
 class = "lost_access"
 description = "Overlaps the end of the others."
 priority = 3
-when = { body_regex = "at allowed" }
+when = { all = [{ source = "body", regex = "at allowed" }] }
 "#,
     );
     assert_eq!(
@@ -403,4 +411,46 @@ when = { body_regex = "at allowed" }
         Some("p.overlap")
     );
     assert_eq!(decide(&rules, "Not Foun at all").as_deref(), None);
+}
+
+#[test]
+fn an_any_group_is_filtered_only_when_every_branch_has_a_literal() {
+    let rules = single_provider(
+        r#"
+[[rule]]
+id = "p.either_word"
+class = "lost_access"
+description = "Either word decides; both are literals."
+priority = 2
+[rule.when]
+any = [
+  { source = "body", contains = "gone for good" },
+  { source = "json", path = "error", equals = "retired" },
+]
+
+[[rule]]
+id = "p.word_or_status"
+class = "credential_invalid"
+description = "A branch without a literal: the rule must run on every body."
+priority = 1
+[rule.when]
+any = [
+  { source = "body", contains = "revoked for good" },
+  { source = "status", equals = 404 },
+]
+"#,
+    );
+    assert_eq!(
+        decide(&rules, "it is gone for good").as_deref(),
+        Some("p.either_word")
+    );
+    assert_eq!(
+        decide(&rules, r#"{"error":"retired"}"#).as_deref(),
+        Some("p.either_word")
+    );
+    assert_eq!(
+        decide(&rules, r#"{"error":"busy"}"#).as_deref(),
+        Some("p.word_or_status"),
+        "the status branch holds without any literal in the body"
+    );
 }

@@ -1,5 +1,5 @@
-//! Rule test cases: `rules/tests/<provider>/*.json` and the shared `rules/tests/transient/*.json`
-//! corpus, run in process against the compiled rules (`haltgate rules test`, `rules explain`).
+//! Rule test cases: `rules/tests/<provider>/*.{json,toml}` and the shared
+//! `rules/tests/transient/*` corpus, run in process against the compiled rules (`haltgate rules test`, `rules explain`).
 //!
 //! A case with `expect.rule = X` is a positive case for X; `not_rules: [X]` a negative one. Every
 //! enabled rule needs both. Transient cases run against every provider and must pass with no rule
@@ -51,10 +51,15 @@ pub struct Expect {
 }
 
 impl CaseFile {
+    /// Reads a `.toml` case as TOML, anything else as JSON.
     pub fn read(path: &Path) -> Result<CaseFile, String> {
         let text =
             std::fs::read_to_string(path).map_err(|error| format!("cannot read: {error}"))?;
-        serde_json::from_str(&text).map_err(|error| format!("invalid case file: {error}"))
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            toml::from_str(&text).map_err(|error| format!("invalid case file: {error}"))
+        } else {
+            serde_json::from_str(&text).map_err(|error| format!("invalid case file: {error}"))
+        }
     }
 }
 
@@ -178,7 +183,7 @@ pub fn run(dir: &Path, max_body_bytes: usize, out: &mut dyn Write) -> io::Result
     Ok(total > 0 && failed == 0 && uncovered.is_empty())
 }
 
-/// Case files, sorted: `tests/<provider>/*.json` and `tests/transient/*.json`.
+/// Case files (`.json` or `.toml`), sorted: `tests/<provider>/*` and `tests/transient/*`.
 fn discover(tests_dir: &Path) -> Result<Vec<(PathBuf, CaseKind)>, String> {
     let read = |dir: &Path| -> Result<Vec<PathBuf>, String> {
         let entries = std::fs::read_dir(dir)
@@ -204,7 +209,10 @@ fn discover(tests_dir: &Path) -> Result<Vec<(PathBuf, CaseKind)>, String> {
             CaseKind::Provider(name)
         };
         for file in read(&path)? {
-            if file.extension().is_some_and(|ext| ext == "json") && file.is_file() {
+            let is_case = file
+                .extension()
+                .is_some_and(|ext| ext == "json" || ext == "toml");
+            if is_case && file.is_file() {
                 files.push((file, kind.clone()));
             }
         }

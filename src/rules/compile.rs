@@ -7,21 +7,17 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use http::HeaderName;
-use regex::Regex;
+use regex::bytes::Regex as BytesRegex;
 use serde_json::Value;
 use toml::Spanned;
 
 use super::decision::{Class, Mode};
 use super::matcher::{
-    build_bytes_regex, build_regex, check_status_code, glob_to_regex, parse_status_text, BodyField,
-    BodyRegex, HeadMatcher, HeaderTest, HeaderValueTest, JsonPath, JsonTest, MatchTable, MethodSet,
-    PathMatcher, RequestSource, RequestTest, RequestValueTest, StatusSet, ValueTest,
+    build_bytes_regex, check_status_code, glob_to_regex, parse_status_text, BodyField, Check,
+    Comparison, JsonPath, Matcher, Source, StatusSet, Test,
 };
 use super::prefilter::Prefilter;
-use super::spec::{
-    parse_rule_file, GuardSpec, HeaderTestSpec, JsonTestSpec, MatchSpec, RequestTestSpec, RuleSpec,
-    SpecError, StatusSpec,
-};
+use super::spec::{parse_rule_file, GuardSpec, ItemSpec, ItemValue, RuleSpec, SpecError};
 
 /// The name `skip_guards` uses for the built-in transient guard.
 pub const TRANSIENT_GUARD: &str = "transient";
@@ -186,8 +182,8 @@ pub(crate) struct Rule {
     pub(crate) priority: i64,
     pub(crate) mode: Mode,
     pub(crate) enabled: bool,
-    pub(crate) when: MatchTable,
-    pub(crate) unless: Vec<MatchTable>,
+    pub(crate) when: Matcher,
+    pub(crate) unless: Vec<Matcher>,
     /// Whether the built-in transient guard applies (not listed in `skip_guards`).
     pub(crate) transient_guard: bool,
     /// Indexes of the file guards that apply.
@@ -197,16 +193,7 @@ pub(crate) struct Rule {
 #[derive(Debug)]
 pub(crate) struct Guard {
     pub(crate) name: Arc<str>,
-    pub(crate) table: MatchTable,
-}
-
-/// A distinct `when` head of the enabled rules, for `needs_body`.
-#[derive(Debug)]
-pub(crate) struct HeadEntry {
-    pub(crate) head: Arc<HeadMatcher>,
-    /// Some rule with this head skips the transient guard, so a transient response does not
-    /// rule it out.
-    pub(crate) skips_transient: bool,
+    pub(crate) table: Matcher,
 }
 
 #[derive(Debug)]
@@ -216,7 +203,6 @@ pub(crate) struct ProviderRules {
     pub(crate) rules: Vec<Rule>,
     pub(crate) guards: Vec<Guard>,
     pub(crate) prefilter: Prefilter,
-    pub(crate) heads: Vec<HeadEntry>,
     pub(crate) has_shadow: bool,
 }
 
@@ -254,7 +240,8 @@ pub(crate) fn compile(sources: Vec<RuleSource>) -> Result<Vec<ProviderRules>, Ru
             file,
             text: source.text.into(),
             errors: &mut errors,
-            heads: HashMap::new(),
+            lists: HashMap::new(),
+            captures: Vec::new(),
         };
         if let Some(provider) = compiler.compile_file(&source.provider, &mut ids) {
             providers.push(provider);
@@ -271,8 +258,10 @@ struct FileCompiler<'e> {
     file: Arc<str>,
     text: Arc<str>,
     errors: &'e mut Vec<RuleError>,
-    /// Identical `when` heads share one matcher, so `needs_body` checks each once.
-    heads: HashMap<String, Arc<HeadMatcher>>,
+    /// The file's `[lists]`, by name.
+    lists: HashMap<String, Vec<Value>>,
+    /// The named-group `url_path` regexes of the rule being compiled, for `path_capture`.
+    captures: Vec<Arc<BytesRegex>>,
 }
 
 impl FileCompiler<'_> {
@@ -318,15 +307,30 @@ impl FileCompiler<'_> {
         }
         let spec = spec?;
         match &spec.schema {
-            None => self.error(0..0, "missing `schema = 1` at the top of the file"),
-            Some(schema) if *schema.get_ref() != 1 => self.error(
+            None => self.error(0..0, "missing `schema = 2` at the top of the file"),
+            Some(schema) if *schema.get_ref() == 1 => self.error(
+                schema.span(),
+                "schema 1 is the previous rule format; this engine reads schema 2 (checks in `all`/`any`, see rules/README.md)",
+            ),
+            Some(schema) if *schema.get_ref() != 2 => self.error(
                 schema.span(),
                 format!(
-                    "unknown schema {}; this engine reads schema 1",
+                    "unknown schema {}; this engine reads schema 2",
                     schema.get_ref()
                 ),
             ),
             Some(_) => {}
+        }
+
+        for (name, values) in &spec.lists {
+            if self.lists.contains_key(name.get_ref()) {
+                self.error(name.span(), format!("duplicate list `{}`", name.get_ref()));
+            } else if values.get_ref().is_empty() {
+                self.error(values.span(), format!("list `{}` is empty", name.get_ref()));
+            } else {
+                self.lists
+                    .insert(name.get_ref().clone(), values.get_ref().clone());
+            }
         }
 
         let mut guards: Vec<Guard> = Vec::new();
@@ -369,20 +373,6 @@ impl FileCompiler<'_> {
         }
         // Stable: equal priorities keep file order.
         rules.sort_by_key(|rule: &Rule| std::cmp::Reverse(rule.priority));
-        let mut heads: Vec<HeadEntry> = Vec::new();
-        for rule in rules.iter().filter(|rule| rule.enabled) {
-            let skips = !rule.transient_guard;
-            match heads
-                .iter_mut()
-                .find(|entry| Arc::ptr_eq(&entry.head, &rule.when.head))
-            {
-                Some(entry) => entry.skips_transient |= skips,
-                None => heads.push(HeadEntry {
-                    head: rule.when.head.clone(),
-                    skips_transient: skips,
-                }),
-            }
-        }
         let prefilter = match Prefilter::build(&rules) {
             Ok(prefilter) => prefilter,
             Err(message) => {
@@ -399,7 +389,6 @@ impl FileCompiler<'_> {
             rules,
             guards,
             prefilter,
-            heads,
             has_shadow,
         })
     }
@@ -433,7 +422,8 @@ impl FileCompiler<'_> {
         } else {
             names.insert(name.clone(), spec.name.span());
         }
-        let table = self.compile_table(&spec.when, table_span, "guard `when`", None)?;
+        self.captures.clear();
+        let table = self.compile_group(&spec.when, table_span, "guard `when`")?;
         ok.then(|| Guard {
             name: name.as_str().into(),
             table,
@@ -519,15 +509,13 @@ impl FileCompiler<'_> {
                 ok = false;
             }
         }
-        let when = self.compile_table(&spec.when, table_span, "`when`", None);
-        let capture_source = when
-            .as_ref()
-            .and_then(|table| table.head.path.as_ref())
-            .map(|path| path.regex.clone());
+        self.captures.clear();
+        self.collect_captures(&spec.when);
+        let when = self.compile_group(&spec.when, table_span, "`when`");
         let mut unless = Vec::new();
         for (index, table) in spec.unless.iter().enumerate() {
             let what = format!("`unless` #{}", index + 1);
-            match self.compile_table(table, table_span, &what, capture_source.clone()) {
+            match self.compile_group(table, table_span, &what) {
                 Some(table) => unless.push(table),
                 None => ok = false,
             }
@@ -564,204 +552,6 @@ impl FileCompiler<'_> {
         })
     }
 
-    /// Compiles one matcher table. `capture_source` is the `when` path regex, whose named groups
-    /// `path_capture` may use from an `unless` table that has no `path_regex` of its own.
-    fn compile_table(
-        &mut self,
-        spec: &MatchSpec,
-        table_span: &Range<usize>,
-        what: &str,
-        capture_source: Option<Arc<Regex>>,
-    ) -> Option<MatchTable> {
-        if spec.is_empty() {
-            self.error(
-                table_span.clone(),
-                format!("{what} has no matchers; at least one is required"),
-            );
-            return None;
-        }
-        let errors_before = self.errors.len();
-        let mut head = HeadMatcher::default();
-        let mut key = String::new();
-
-        if let Some(methods) = &spec.method {
-            if methods.get_ref().is_empty() {
-                self.error(
-                    methods.span(),
-                    "`method` is empty; list at least one method",
-                );
-            }
-            let mut names = Vec::new();
-            for method in methods.get_ref() {
-                let name = method.get_ref().to_ascii_uppercase();
-                if http::Method::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
-                    self.error(
-                        method.span(),
-                        format!("invalid HTTP method `{}`", method.get_ref()),
-                    );
-                }
-                names.push(name);
-            }
-            let description = format!("method = [{}]", quoted_list(&names));
-            key.push_str(&description);
-            head.methods = Some(MethodSet::new(names, description));
-        }
-
-        if let (Some(_), Some(regex)) = (&spec.path, &spec.path_regex) {
-            self.error(regex.span(), "set either `path` or `path_regex`, not both");
-        }
-        if let Some(glob) = &spec.path {
-            let description = format!("path = {}", toml_string(glob.get_ref()));
-            match build_regex(&glob_to_regex(glob.get_ref())) {
-                Ok(regex) => {
-                    key.push('\u{1}');
-                    key.push_str(&description);
-                    head.path = Some(PathMatcher {
-                        regex: Arc::new(regex),
-                        description: description.into(),
-                    });
-                }
-                Err(error) => self.error(glob.span(), format!("invalid path glob: {error}")),
-            }
-        } else if let Some(pattern) = &spec.path_regex {
-            let description = format!("path_regex = {}", toml_string(pattern.get_ref()));
-            match build_regex(pattern.get_ref()) {
-                Ok(regex) => {
-                    key.push('\u{1}');
-                    key.push_str(&description);
-                    head.path = Some(PathMatcher {
-                        regex: Arc::new(regex),
-                        description: description.into(),
-                    });
-                }
-                Err(error) => self.regex_error(pattern, error),
-            }
-        }
-
-        if let Some(status) = &spec.status {
-            if status.get_ref().is_empty() {
-                self.error(
-                    status.span(),
-                    "`status` is empty; list at least one code or range",
-                );
-            }
-            let mut ranges = Vec::new();
-            let mut shown = Vec::new();
-            for entry in status.get_ref() {
-                let parsed = match entry.get_ref() {
-                    StatusSpec::Code(code) => {
-                        shown.push(code.to_string());
-                        check_status_code(*code).map(|code| (code, code))
-                    }
-                    StatusSpec::Text(text) => {
-                        shown.push(format!("{text:?}"));
-                        parse_status_text(text)
-                    }
-                };
-                match parsed {
-                    Ok(range) => ranges.push(range),
-                    Err(message) => self.error(entry.span(), message),
-                }
-            }
-            let description = format!("status = [{}]", shown.join(", "));
-            key.push('\u{1}');
-            key.push_str(&description);
-            head.status = Some(StatusSet::new(&ranges, description));
-        }
-
-        for (field, specs, target) in [
-            ("header", &spec.header, &mut head.headers),
-            (
-                "request_header",
-                &spec.request_header,
-                &mut head.request_headers,
-            ),
-        ] {
-            let Some(specs) = specs else { continue };
-            if specs.is_empty() {
-                self.error(table_span.clone(), format!("{what}: `{field}` is empty"));
-            }
-            for test_spec in specs {
-                if let Some(test) = self.compile_header_test(field, test_spec) {
-                    key.push('\u{1}');
-                    key.push_str(&test.description);
-                    target.push(test);
-                }
-            }
-        }
-
-        let body_regex = spec.body_regex.as_ref().and_then(|pattern| {
-            match build_bytes_regex(pattern.get_ref()) {
-                Ok(regex) => Some(BodyRegex {
-                    regex,
-                    pattern: pattern.get_ref().as_str().into(),
-                    description: format!("body_regex = {}", toml_string(pattern.get_ref())).into(),
-                }),
-                Err(error) => {
-                    self.regex_error(pattern, error);
-                    None
-                }
-            }
-        });
-
-        let mut json = Vec::new();
-        if let Some(specs) = &spec.json {
-            if specs.is_empty() {
-                self.error(table_span.clone(), format!("{what}: `json` is empty"));
-            }
-            for test_spec in specs {
-                if let Some(test) = self.compile_json_test(test_spec) {
-                    json.push(test);
-                }
-            }
-        }
-
-        let own_regex = head.path.as_ref().map(|path| path.regex.clone());
-        let captures = if spec.path_regex.is_some() {
-            own_regex
-        } else {
-            capture_source
-        };
-        let mut request = Vec::new();
-        if let Some(specs) = &spec.request {
-            if specs.is_empty() {
-                self.error(table_span.clone(), format!("{what}: `request` is empty"));
-            }
-            for test_spec in specs {
-                if let Some(test) =
-                    self.compile_request_test(test_spec, captures.as_ref(), table_span)
-                {
-                    request.push(test);
-                }
-            }
-        }
-
-        let scope_absent = spec.scope_absent.as_ref().and_then(|key| {
-            if key.get_ref().trim().is_empty() {
-                self.error(key.span(), "`scope_absent` needs a scope key");
-                None
-            } else {
-                Some(key.get_ref().as_str().into())
-            }
-        });
-
-        if self.errors.len() > errors_before {
-            return None;
-        }
-        let head = self
-            .heads
-            .entry(key)
-            .or_insert_with(|| Arc::new(head))
-            .clone();
-        Some(MatchTable {
-            head,
-            body_regex,
-            json,
-            request,
-            scope_absent,
-        })
-    }
-
     fn regex_error(&mut self, pattern: &Spanned<String>, error: regex::Error) {
         let message = match error {
             regex::Error::CompiledTooBig(limit) => {
@@ -780,153 +570,528 @@ impl FileCompiler<'_> {
         self.error(pattern.span(), message);
     }
 
-    fn compile_header_test(&mut self, field: &str, spec: &HeaderTestSpec) -> Option<HeaderTest> {
-        let raw_name = spec.name.get_ref();
-        let name = match HeaderName::from_bytes(raw_name.to_ascii_lowercase().as_bytes()) {
-            Ok(name) => name,
-            Err(_) => {
+    /// Compiles `when`, an `unless` table or a guard's `when`: a group with `all` or `any`.
+    fn compile_group(
+        &mut self,
+        spec: &ItemSpec,
+        table_span: &Range<usize>,
+        what: &str,
+    ) -> Option<Matcher> {
+        let errors_before = self.errors.len();
+        let mut groups = 0;
+        let mut matcher = None;
+        for (key, value) in &spec.entries {
+            match (key.get_ref().as_str(), value) {
+                (word @ ("all" | "any"), ItemValue::Group(items)) => {
+                    groups += 1;
+                    if groups > 1 {
+                        self.error(
+                            key.span(),
+                            format!("{what} has both `all` and `any`; nest one inside the other"),
+                        );
+                        continue;
+                    }
+                    matcher = self.compile_items(word, items);
+                }
+                (other, _) => self.unknown_key(key, other, false),
+            }
+        }
+        if groups == 0 && self.errors.len() == errors_before {
+            self.error(
+                table_span.clone(),
+                format!("{what} has no checks; write `all = [...]` or `any = [...]`"),
+            );
+        }
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        matcher
+    }
+
+    fn compile_items(
+        &mut self,
+        word: &str,
+        items: &Spanned<Vec<Spanned<ItemSpec>>>,
+    ) -> Option<Matcher> {
+        if items.get_ref().is_empty() {
+            self.error(
+                items.span(),
+                format!("`{word}` is empty; list at least one check"),
+            );
+            return None;
+        }
+        let mut compiled = Vec::new();
+        let mut ok = true;
+        for item in items.get_ref() {
+            match self.compile_item(item) {
+                Some(matcher) => compiled.push(matcher),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        // The result does not depend on the order; trying cheap checks first keeps a
+        // non-matching response from parsing bodies or touching the scope.
+        compiled.sort_by_key(Matcher::cost);
+        Some(if word == "all" {
+            Matcher::All(compiled.into_boxed_slice())
+        } else {
+            Matcher::Any(compiled.into_boxed_slice())
+        })
+    }
+
+    fn compile_item(&mut self, item: &Spanned<ItemSpec>) -> Option<Matcher> {
+        let spec = item.get_ref();
+        let group = spec
+            .entries
+            .iter()
+            .find(|(_, value)| matches!(value, ItemValue::Group(_)));
+        if let Some((key, _)) = group {
+            if spec.entries.len() > 1 {
                 self.error(
-                    spec.name.span(),
-                    format!("invalid header name `{raw_name}`"),
+                    key.span(),
+                    format!(
+                        "a `{}` group takes no other keys; put checks inside it",
+                        key.get_ref()
+                    ),
                 );
                 return None;
             }
+            return self.compile_group(spec, &item.span(), "group");
+        }
+        self.compile_check(spec, item.span())
+            .map(|check| Matcher::Check(Box::new(check)))
+    }
+
+    /// Reports a key that is not part of the language, naming the new spelling of old ones.
+    fn unknown_key(&mut self, key: &Spanned<String>, name: &str, in_check: bool) {
+        let message = match old_spelling(name, in_check) {
+            Some(new) => format!("`{name}` is now {new}"),
+            None if in_check => format!(
+                "unknown key `{name}` in a check, expected `source`, `name`, `path`, `not`, `ignore_case` or a test: {}",
+                TESTS.iter().map(|test| format!("`{test}`")).collect::<Vec<_>>().join(", ")
+            ),
+            None => format!("unknown key `{name}`, expected `all` or `any`"),
         };
-        let tests = [
-            spec.regex.as_ref().map(|_| "regex"),
-            spec.equals.as_ref().map(|_| "equals"),
-            spec.present.as_ref().map(|_| "present"),
-        ];
-        if tests.iter().flatten().count() != 1 {
+        self.error(key.span(), message);
+    }
+
+    fn compile_check(&mut self, spec: &ItemSpec, span: Range<usize>) -> Option<Check> {
+        let errors_before = self.errors.len();
+        let mut source: Option<&Spanned<Value>> = None;
+        let mut name: Option<&Spanned<Value>> = None;
+        let mut path: Option<&Spanned<Value>> = None;
+        let mut negate = false;
+        let mut ignore_case = false;
+        let mut tests: Vec<(&Spanned<String>, &Spanned<Value>)> = Vec::new();
+        for (key, value) in &spec.entries {
+            let ItemValue::Value(value) = value else {
+                continue;
+            };
+            match key.get_ref().as_str() {
+                "source" => source = Some(value),
+                "name" => name = Some(value),
+                "path" => path = Some(value),
+                "not" => negate = self.bool_of(value, "not")?,
+                "ignore_case" => ignore_case = self.bool_of(value, "ignore_case")?,
+                test if TESTS.contains(&test) => tests.push((key, value)),
+                other => self.unknown_key(key, other, true),
+            }
+        }
+        let Some(source_value) = source else {
+            let hint = spec
+                .entries
+                .first()
+                .map(|(key, _)| key.span())
+                .unwrap_or(span);
+            if self.errors.len() == errors_before {
+                self.error(
+                    hint,
+                    format!("a check needs a `source`: one of {}", quoted_names(SOURCES)),
+                );
+            }
+            return None;
+        };
+        let source_name = self.text_of(source_value, "source")?;
+        if !SOURCES.contains(&source_name.as_str()) {
             self.error(
-                spec.name.span(),
+                source_value.span(),
                 format!(
-                    "`{field}` entry `{raw_name}` needs exactly one of `regex`, `equals`, `present`"
+                    "unknown source `{source_name}`, expected one of {}",
+                    quoted_names(SOURCES)
                 ),
             );
             return None;
         }
-        let (test, shown) = if let Some(pattern) = &spec.regex {
-            match build_regex(pattern.get_ref()) {
-                Ok(regex) => (
-                    HeaderValueTest::Regex(regex),
-                    format!("regex {}", toml_string(pattern.get_ref())),
-                ),
-                Err(error) => {
-                    self.regex_error(pattern, error);
+        let needs_name = matches!(
+            source_name.as_str(),
+            "header" | "request_header" | "query" | "request_field" | "path_capture" | "scope"
+        );
+        let needs_path = matches!(source_name.as_str(), "json" | "request_json");
+        match (needs_name, name) {
+            (true, None) => {
+                self.error(
+                    source_value.span(),
+                    format!("source `{source_name}` needs a `name`"),
+                );
+            }
+            (false, Some(name)) => {
+                let hint = if needs_path {
+                    "; a JSON path is `path`"
+                } else {
+                    ""
+                };
+                self.error(
+                    name.span(),
+                    format!("source `{source_name}` takes no `name`{hint}"),
+                );
+            }
+            _ => {}
+        }
+        match (needs_path, path) {
+            (true, None) => {
+                self.error(
+                    source_value.span(),
+                    format!("source `{source_name}` needs a JSON `path`"),
+                );
+            }
+            (false, Some(path)) => {
+                let hint = if source_name == "url_path" {
+                    "; match the request path with `glob` or `regex`"
+                } else {
+                    ""
+                };
+                self.error(
+                    path.span(),
+                    format!("source `{source_name}` takes no `path`{hint}"),
+                );
+            }
+            _ => {}
+        }
+        // An unknown or old key was probably meant as the test; one error for it is enough.
+        if tests.len() != 1 && self.errors.len() == errors_before {
+            let at = tests
+                .get(1)
+                .map_or(source_value.span(), |(key, _)| key.span());
+            self.error(
+                at,
+                format!("a check needs exactly one test: {}", quoted_names(TESTS)),
+            );
+        }
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        let selector = if needs_name {
+            self.text_of(name?, "name")?
+        } else if needs_path {
+            self.text_of(path?, "path")?
+        } else {
+            String::new()
+        };
+        let selector_span = name.or(path).map_or(source_value.span(), Spanned::span);
+        let source = self.compile_source(&source_name, &selector, selector_span)?;
+        // Methods are case-insensitive on the wire.
+        let ignore_case = ignore_case || matches!(source, Source::Method);
+        let (test_key, operand) = tests[0];
+        let test = self.compile_test(&source, test_key, operand, ignore_case)?;
+        let test = match (test, negate) {
+            // `exists = false` is absence: the negation of presence.
+            (TestOrAbsence::Absent, _) => {
+                negate = !negate;
+                Test::Exists
+            }
+            (TestOrAbsence::Test(test), _) => test,
+        };
+        if matches!(source, Source::Credential) && !matches!(test, Test::Exists) {
+            self.error(
+                test_key.span(),
+                "source `credential` supports only `exists`",
+            );
+            return None;
+        }
+        if matches!(source, Source::Scope(_)) && matches!(test, Test::EqualsScope(_)) {
+            self.error(test_key.span(), "`equals_scope` compares a request value with the scope; use `equals` on the scope itself");
+            return None;
+        }
+        let selector_shown = if selector.is_empty() {
+            String::new()
+        } else {
+            format!(" {selector}")
+        };
+        let operand_shown = match operand.get_ref() {
+            Value::Bool(true) if test_key.get_ref() == "exists" => String::new(),
+            Value::String(text) => format!(" {}", toml_string(text)),
+            other => format!(" {other}"),
+        };
+        let test_shown =
+            if test_key.get_ref() == "exists" && operand.get_ref() == &Value::Bool(false) {
+                "is absent".to_owned()
+            } else {
+                format!("{}{operand_shown}", test_key.get_ref())
+            };
+        let case = if ignore_case { " (ignoring case)" } else { "" };
+        let not = if negate && test_key.get_ref() != "exists" {
+            "not "
+        } else {
+            ""
+        };
+        Some(Check {
+            description: format!("{not}{source_name}{selector_shown} {test_shown}{case}").into(),
+            source,
+            test,
+            negate,
+            ignore_case,
+        })
+    }
+
+    fn compile_source(&mut self, kind: &str, selector: &str, span: Range<usize>) -> Option<Source> {
+        if selector.trim().is_empty()
+            && !matches!(
+                kind,
+                "status" | "method" | "url_path" | "body" | "credential"
+            )
+        {
+            self.error(span, format!("source `{kind}` needs a non-empty selector"));
+            return None;
+        }
+        let header = |this: &mut Self| match HeaderName::from_bytes(
+            selector.to_ascii_lowercase().as_bytes(),
+        ) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                this.error(span.clone(), format!("invalid header name `{selector}`"));
+                None
+            }
+        };
+        let json_path = |this: &mut Self| match JsonPath::parse(selector) {
+            Ok(path) => Some(path),
+            Err(message) => {
+                this.error(span.clone(), format!("invalid JSON path: {message}"));
+                None
+            }
+        };
+        Some(match kind {
+            "status" => Source::Status,
+            "method" => Source::Method,
+            "url_path" => Source::UrlPath,
+            "header" => Source::Header(header(self)?),
+            "request_header" => Source::RequestHeader(header(self)?),
+            "json" => Source::Json(json_path(self)?),
+            "request_json" => Source::RequestJson(json_path(self)?),
+            "body" => Source::Body,
+            "query" => Source::Query(selector.into()),
+            "request_field" => Source::RequestField(BodyField {
+                name: selector.into(),
+                path: JsonPath::parse(selector).ok(),
+            }),
+            "scope" => Source::Scope(selector.into()),
+            "credential" => Source::Credential,
+            _ => {
+                let regexes: Vec<Arc<BytesRegex>> = self
+                    .captures
+                    .iter()
+                    .filter(|regex| {
+                        regex
+                            .capture_names()
+                            .flatten()
+                            .any(|group| group == selector)
+                    })
+                    .cloned()
+                    .collect();
+                if regexes.is_empty() {
+                    self.error(
+                        span,
+                        format!("`path_capture` `{selector}` needs a `url_path` regex in `when` with a named group `(?P<{selector}>...)`"),
+                    );
                     return None;
                 }
-            }
-        } else if let Some(value) = &spec.equals {
-            (
-                HeaderValueTest::Equals(value.get_ref().as_str().into()),
-                format!("equals {}", toml_string(value.get_ref())),
-            )
-        } else {
-            let present = *spec.present.as_ref()?.get_ref();
-            (
-                HeaderValueTest::Present(present),
-                if present { "present" } else { "absent" }.to_owned(),
-            )
-        };
-        Some(HeaderTest {
-            name,
-            test,
-            description: format!("{field} {raw_name} {shown}").into(),
-        })
-    }
-
-    fn compile_json_test(&mut self, spec: &JsonTestSpec) -> Option<JsonTest> {
-        let path = match JsonPath::parse(spec.path.get_ref()) {
-            Ok(path) => path,
-            Err(message) => {
-                self.error(spec.path.span(), format!("invalid JSON path: {message}"));
-                return None;
-            }
-        };
-        let count = [
-            spec.equals.is_some(),
-            spec.one_of.is_some(),
-            spec.regex.is_some(),
-            spec.exists.is_some(),
-        ]
-        .into_iter()
-        .filter(|set| *set)
-        .count();
-        if count != 1 {
-            self.error(
-                spec.path.span(),
-                format!(
-                    "`json` entry `{}` needs exactly one of `equals`, `one_of`, `regex`, `exists`",
-                    spec.path.get_ref()
-                ),
-            );
-            return None;
-        }
-        let (test, shown) = self.compile_value_test(
-            spec.equals.as_ref(),
-            spec.one_of.as_ref(),
-            spec.regex.as_ref(),
-            spec.exists.as_ref(),
-            false,
-        )?;
-        Some(JsonTest {
-            description: format!("json {} {shown}", path.as_str()).into(),
-            path,
-            test,
-        })
-    }
-
-    fn compile_value_test(
-        &mut self,
-        equals: Option<&Spanned<Value>>,
-        one_of: Option<&Spanned<Vec<Value>>>,
-        regex: Option<&Spanned<String>>,
-        exists: Option<&Spanned<bool>>,
-        ignore_case: bool,
-    ) -> Option<(ValueTest, String)> {
-        if let Some(value) = equals {
-            self.check_json_scalar_or_list(value.get_ref(), value.span())?;
-            return Some((
-                ValueTest::Equals(value.get_ref().clone()),
-                format!("equals {}", value.get_ref()),
-            ));
-        }
-        if let Some(values) = one_of {
-            if values.get_ref().is_empty() {
-                self.error(values.span(), "`one_of` is empty; list at least one value");
-                return None;
-            }
-            for value in values.get_ref() {
-                self.check_json_scalar_or_list(value, values.span())?;
-            }
-            return Some((
-                ValueTest::OneOf(values.get_ref().clone()),
-                format!("one_of {}", Value::Array(values.get_ref().clone())),
-            ));
-        }
-        if let Some(pattern) = regex {
-            let source = if ignore_case {
-                format!("(?i){}", pattern.get_ref())
-            } else {
-                pattern.get_ref().clone()
-            };
-            return match build_regex(&source) {
-                Ok(compiled) => Some((
-                    ValueTest::Regex(compiled),
-                    format!("regex {}", toml_string(pattern.get_ref())),
-                )),
-                Err(error) => {
-                    self.regex_error(pattern, error);
-                    None
+                Source::PathCapture {
+                    regexes: regexes.into_boxed_slice(),
+                    group: selector.into(),
                 }
+            }
+        })
+    }
+
+    fn compile_test(
+        &mut self,
+        source: &Source,
+        key: &Spanned<String>,
+        operand: &Spanned<Value>,
+        ignore_case: bool,
+    ) -> Option<TestOrAbsence> {
+        let span = operand.span();
+        let value = operand.get_ref();
+        let test = match key.get_ref().as_str() {
+            "equals" => {
+                self.check_json_scalar_or_list(value, span.clone())?;
+                match source {
+                    Source::Status => {
+                        Test::Codes(self.status_codes(std::slice::from_ref(value), span)?)
+                    }
+                    _ => Test::Equals(value.clone()),
+                }
+            }
+            "one_of" => {
+                let values = match value {
+                    Value::Array(values) => values.clone(),
+                    Value::String(list) => match self.lists.get(list) {
+                        Some(values) => values.clone(),
+                        None => {
+                            let mut known: Vec<&String> = self.lists.keys().collect();
+                            known.sort();
+                            let known = if known.is_empty() {
+                                "this file has no `[lists]`".to_owned()
+                            } else {
+                                format!(
+                                    "known lists: {}",
+                                    known
+                                        .iter()
+                                        .map(|n| format!("`{n}`"))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )
+                            };
+                            self.error(span, format!("unknown list `{list}`; {known}"));
+                            return None;
+                        }
+                    },
+                    _ => {
+                        self.error(
+                            span,
+                            "`one_of` takes an array of values or the name of a list",
+                        );
+                        return None;
+                    }
+                };
+                if values.is_empty() {
+                    self.error(span, "`one_of` is empty; list at least one value");
+                    return None;
+                }
+                for value in &values {
+                    self.check_json_scalar_or_list(value, span.clone())?;
+                }
+                match source {
+                    Source::Status => Test::Codes(self.status_codes(&values, span)?),
+                    _ => Test::OneOf(values.into_boxed_slice()),
+                }
+            }
+            word @ ("contains" | "prefix" | "suffix") => {
+                let text = self.text_of(operand, word)?;
+                if ignore_case && !text.is_ascii() {
+                    self.error(span, format!("`{word}` with `ignore_case` needs an ASCII operand; use `regex` with `(?i)`"));
+                    return None;
+                }
+                match word {
+                    "contains" => Test::Contains(text.into()),
+                    "prefix" => Test::Prefix(text.into()),
+                    _ => Test::Suffix(text.into()),
+                }
+            }
+            word @ ("regex" | "glob") => {
+                let text = self.text_of(operand, word)?;
+                let pattern = if word == "glob" {
+                    glob_to_regex(&text)
+                } else {
+                    text.clone()
+                };
+                let pattern = if ignore_case {
+                    format!("(?i){pattern}")
+                } else {
+                    pattern
+                };
+                match build_bytes_regex(&pattern) {
+                    Ok(regex) => {
+                        if matches!(source, Source::UrlPath)
+                            && regex.capture_names().flatten().next().is_some()
+                        {
+                            // Captures were collected before compiling; nothing more to do.
+                        }
+                        Test::Regex(regex)
+                    }
+                    Err(error) => {
+                        self.regex_error(&Spanned::new(span, text), error);
+                        return None;
+                    }
+                }
+            }
+            "exists" => match value {
+                Value::Bool(true) => Test::Exists,
+                Value::Bool(false) => return Some(TestOrAbsence::Absent),
+                _ => {
+                    self.error(span, "`exists` takes `true` or `false`");
+                    return None;
+                }
+            },
+            word @ ("gt" | "ge" | "lt" | "le") => {
+                let Some(bound) = value.as_f64() else {
+                    self.error(span, format!("`{word}` takes a number"));
+                    return None;
+                };
+                let comparison = match word {
+                    "gt" => Comparison::Gt,
+                    "ge" => Comparison::Ge,
+                    "lt" => Comparison::Lt,
+                    _ => Comparison::Le,
+                };
+                Test::Compare(comparison, bound)
+            }
+            _ => {
+                let key = self.text_of(operand, "equals_scope")?;
+                if key.trim().is_empty() {
+                    self.error(span, "`equals_scope` needs a scope key");
+                    return None;
+                }
+                Test::EqualsScope(key.into())
+            }
+        };
+        Some(TestOrAbsence::Test(test))
+    }
+
+    fn status_codes(&mut self, values: &[Value], span: Range<usize>) -> Option<StatusSet> {
+        let mut ranges = Vec::new();
+        let mut ok = true;
+        for value in values {
+            let parsed = match value {
+                Value::Number(number) => match number.as_i64() {
+                    Some(code) => check_status_code(code).map(|code| (code, code)),
+                    None => Err(format!("status code {number} is not an integer")),
+                },
+                Value::String(text) => parse_status_text(text),
+                other => Err(format!(
+                    "`{other}` is not a status code or a range like \"400-499\""
+                )),
             };
+            match parsed {
+                Ok(range) => ranges.push(range),
+                Err(message) => {
+                    self.error(span.clone(), message);
+                    ok = false;
+                }
+            }
         }
-        let exists = *exists?.get_ref();
-        Some((
-            ValueTest::Exists(exists),
-            if exists { "exists" } else { "is absent" }.to_owned(),
-        ))
+        ok.then(|| StatusSet::new(&ranges, String::new()))
+    }
+
+    fn text_of(&mut self, value: &Spanned<Value>, key: &str) -> Option<String> {
+        match value.get_ref() {
+            Value::String(text) => Some(text.clone()),
+            _ => {
+                self.error(value.span(), format!("`{key}` takes a string"));
+                None
+            }
+        }
+    }
+
+    fn bool_of(&mut self, value: &Spanned<Value>, key: &str) -> Option<bool> {
+        match value.get_ref() {
+            Value::Bool(flag) => Some(*flag),
+            _ => {
+                self.error(value.span(), format!("`{key}` takes `true` or `false`"));
+                None
+            }
+        }
     }
 
     /// TOML datetimes arrive as a special table; they cannot equal anything in a JSON body.
@@ -944,128 +1109,107 @@ impl FileCompiler<'_> {
         Some(())
     }
 
-    fn compile_request_test(
-        &mut self,
-        spec: &RequestTestSpec,
-        captures: Option<&Arc<Regex>>,
-        table_span: &Range<usize>,
-    ) -> Option<RequestTest> {
-        let sources = [
-            ("query", &spec.query),
-            ("body", &spec.body),
-            ("path_capture", &spec.path_capture),
-            ("header", &spec.header),
-            ("field", &spec.field),
-        ];
-        let present: Vec<(&str, &Spanned<String>)> = sources
-            .iter()
-            .filter_map(|(kind, value)| value.as_ref().map(|value| (*kind, value)))
-            .collect();
-        let anchor = present
-            .first()
-            .map(|(_, value)| value.span())
-            .or_else(|| spec.equals.as_ref().map(Spanned::span))
-            .unwrap_or_else(|| table_span.clone());
-        if present.len() != 1 {
-            self.error(
-                anchor,
-                "`request` entry needs exactly one source: `query`, `body`, `path_capture`, `header` or `field`",
-            );
-            return None;
-        }
-        let (kind, name) = present[0];
-        let tests = [
-            spec.equals.is_some(),
-            spec.one_of.is_some(),
-            spec.regex.is_some(),
-            spec.exists.is_some() || spec.present.is_some(),
-            spec.equals_scope.is_some(),
-        ];
-        if tests.into_iter().filter(|set| *set).count() != 1
-            || (spec.exists.is_some() && spec.present.is_some())
-        {
-            self.error(
-                name.span(),
-                "`request` entry needs exactly one test: `equals`, `one_of`, `regex`, `exists`/`present` or `equals_scope`",
-            );
-            return None;
-        }
-        let text = name.get_ref();
-        if text.is_empty() {
-            self.error(name.span(), format!("`{kind}` needs a name"));
-            return None;
-        }
-        let body_field = || BodyField {
-            name: text.as_str().into(),
-            path: JsonPath::parse(text).ok(),
-        };
-        let source = match kind {
-            "query" => RequestSource::Query(text.as_str().into()),
-            "body" => RequestSource::Body(body_field()),
-            "field" => RequestSource::Field(body_field()),
-            "header" => match HeaderName::from_bytes(text.to_ascii_lowercase().as_bytes()) {
-                Ok(header) => RequestSource::Header(header),
-                Err(_) => {
-                    self.error(name.span(), format!("invalid header name `{text}`"));
-                    return None;
+    /// The `url_path` regexes (and globs) of a rule's `when`, whose named groups `path_capture`
+    /// checks read.
+    fn collect_captures(&mut self, spec: &ItemSpec) {
+        for (key, value) in &spec.entries {
+            match value {
+                ItemValue::Group(items) => {
+                    for item in items.get_ref() {
+                        self.collect_captures(item.get_ref());
+                    }
                 }
-            },
-            _ => {
-                let Some(regex) = captures
-                    .filter(|regex| regex.capture_names().flatten().any(|group| group == text))
-                else {
-                    self.error(
-                        name.span(),
-                        format!(
-                            "`path_capture = \"{text}\"` needs a `path_regex` with a named group `(?P<{text}>...)`"
-                        ),
+                ItemValue::Value(value) if key.get_ref() == "regex" => {
+                    let is_path = matches!(
+                        spec.get("source"),
+                        Some(ItemValue::Value(source)) if source.get_ref() == "url_path"
                     );
-                    return None;
-                };
-                RequestSource::PathCapture {
-                    regex: regex.clone(),
-                    group: text.as_str().into(),
+                    if let (true, Value::String(pattern)) = (is_path, value.get_ref()) {
+                        if let Ok(regex) = build_bytes_regex(pattern) {
+                            if regex.capture_names().flatten().next().is_some() {
+                                self.captures.push(Arc::new(regex));
+                            }
+                        }
+                    }
                 }
+                ItemValue::Value(_) => {}
             }
-        };
-        let (test, shown) = if let Some(key) = &spec.equals_scope {
-            if key.get_ref().trim().is_empty() {
-                self.error(key.span(), "`equals_scope` needs a scope key");
-                return None;
-            }
-            (
-                RequestValueTest::EqualsScope(key.get_ref().as_str().into()),
-                format!("equals_scope {}", key.get_ref()),
-            )
-        } else {
-            let exists = spec.exists.as_ref().or(spec.present.as_ref());
-            let (test, shown) = self.compile_value_test(
-                spec.equals.as_ref(),
-                spec.one_of.as_ref(),
-                spec.regex.as_ref(),
-                exists,
-                spec.ignore_case,
-            )?;
-            let test = match test {
-                ValueTest::Equals(value) => RequestValueTest::Equals(value),
-                ValueTest::OneOf(values) => RequestValueTest::OneOf(values),
-                ValueTest::Regex(regex) => RequestValueTest::Regex(regex),
-                ValueTest::Exists(exists) => RequestValueTest::Exists(exists),
-            };
-            (test, shown)
-        };
-        let case = if spec.ignore_case {
-            " (ignoring case)"
-        } else {
-            ""
-        };
-        Some(RequestTest {
-            source,
-            test,
-            ignore_case: spec.ignore_case,
-            description: format!("request {kind} {text} {shown}{case}").into(),
-        })
+        }
     }
+}
+
+enum TestOrAbsence {
+    Test(Test),
+    /// `exists = false`.
+    Absent,
+}
+
+/// Every source a check may name.
+const SOURCES: &[&str] = &[
+    "status",
+    "method",
+    "url_path",
+    "path_capture",
+    "header",
+    "request_header",
+    "json",
+    "request_json",
+    "body",
+    "query",
+    "request_field",
+    "scope",
+    "credential",
+];
+
+/// Every test a check may apply.
+const TESTS: &[&str] = &[
+    "equals",
+    "one_of",
+    "contains",
+    "prefix",
+    "suffix",
+    "regex",
+    "glob",
+    "exists",
+    "gt",
+    "ge",
+    "lt",
+    "le",
+    "equals_scope",
+];
+
+fn quoted_names(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The new spelling of a key of the previous rule format (schema 1), so `rules check` can say
+/// what to write instead.
+fn old_spelling(key: &str, in_check: bool) -> Option<&'static str> {
+    Some(match (key, in_check) {
+        ("status", false) => "a check: `{ source = \"status\", one_of = [...] }` inside `all`",
+        ("method", false) => "a check: `{ source = \"method\", one_of = [...] }` inside `all`",
+        ("path", false) => "a check: `{ source = \"url_path\", glob = \"...\" }` inside `all`",
+        ("path_regex", false) => "a check: `{ source = \"url_path\", regex = '...' }` inside `all`",
+        ("header", false) => "a check: `{ source = \"header\", name = \"...\", <test> }` inside `all`",
+        ("request_header", false) => {
+            "a check: `{ source = \"request_header\", name = \"...\", <test> }` inside `all`"
+        }
+        ("json", false) => "a check per entry: `{ source = \"json\", path = \"...\", <test> }` inside `all`",
+        ("body_regex", false) => "a check: `{ source = \"body\", regex = '...' }` inside `all`",
+        ("request", false) => "a check per entry: `{ source = \"request_field\" | \"request_json\" | \"query\" | ..., <test> }` inside `all`",
+        ("scope_absent", false) => "a check: `{ source = \"scope\", name = \"...\", exists = false }` inside `all`",
+        ("present", true) => "`exists`",
+        ("body", true) => "`source = \"request_json\", path = \"...\"` (or `source = \"request_field\", name = \"...\"` for form fields)",
+        ("field", true) => "`source = \"request_field\", name = \"...\"`",
+        ("query", true) => "`source = \"query\", name = \"...\"`",
+        ("header", true) => "`source = \"request_header\", name = \"...\"`",
+        ("path_capture", true) => "`source = \"path_capture\", name = \"...\"`",
+        _ => return None,
+    })
 }
 
 /// A string as it would be written in the rule file: a literal string when that needs no
@@ -1076,14 +1220,6 @@ fn toml_string(text: &str) -> String {
     } else {
         format!("{text:?}")
     }
-}
-
-fn quoted_list(items: &[String]) -> String {
-    items
-        .iter()
-        .map(|item| format!("{item:?}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]
@@ -1097,23 +1233,36 @@ mod tests {
             .unwrap_or_default()
     }
 
-    const HEADER: &str = "schema = 1\n";
+    fn located(errors: &[RuleError]) -> Vec<String> {
+        errors
+            .iter()
+            .map(|error| {
+                let (line, column) = error.line_column().unwrap();
+                format!(
+                    "{line}:{column} {}",
+                    error.message().lines().next().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    const HEADER: &str = "schema = 2\n";
 
     #[test]
     fn renders_a_caret_excerpt_like_rustc() {
         let text = format!(
-            "{HEADER}[[rule]]\nid = \"x.a\"\nclass = \"lost_access\"\ndescription = \"d\"\n[rule.when]\nstaus = [200]\n"
+            "{HEADER}[[rule]]\nid = \"x.a\"\nclass = \"lost_access\"\ndescription = \"d\"\n[rule.when]\nall = [{{ source = \"status\", equls = 401 }}]\n"
         );
         let errors = errors_of(&text);
         assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].line_column(), Some((7, 1)));
+        assert_eq!(errors[0].line_column(), Some((7, 29)));
         let shown = errors[0].to_string();
         assert!(
-            shown.starts_with("error: unknown field `staus`, expected one of"),
+            shown.starts_with("error: unknown key `equls` in a check, expected"),
             "{shown}"
         );
         assert!(
-            shown.ends_with(" --> rules/x.toml:7:1\n  |\n7 | staus = [200]\n  | ^^^^^\n"),
+            shown.ends_with(" --> rules/x.toml:7:29\n  |\n7 | all = [{ source = \"status\", equls = 401 }]\n  |                             ^^^^^\n"),
             "{shown}"
         );
     }
@@ -1128,10 +1277,16 @@ class = "lost_acces"
 description = "d"
 skip_guards = ["nope"]
 [rule.when]
-path = "/a"
-path_regex = "^/a$"
-status = ["500-400"]
-json = [{{ path = "a..b", equals = 1 }}, {{ path = "b", regex = "(" }}]
+all = [
+  {{ source = "url_path", glob = "/a", regex = "^/a$" }},
+  {{ source = "status", one_of = ["500-400"] }},
+  {{ source = "json", path = "a..b", equals = 1 }},
+  {{ source = "json", path = "b", regex = "(" }},
+  {{ source = "jsn", path = "b", exists = true }},
+  {{ source = "header", exists = true }},
+  {{ source = "json", path = "c", one_of = "missing_list" }},
+  {{ source = "credential", equals = "x" }},
+]
 
 [[rule]]
 id = "x.a"
@@ -1141,39 +1296,107 @@ description = "d"
 "#
         );
         let errors = errors_of(&text);
-        let messages: Vec<String> = errors
-            .iter()
-            .map(|error| {
-                let (line, column) = error.line_column().unwrap();
-                format!(
-                    "{line}:{column} {}",
-                    error.message().lines().next().unwrap()
-                )
-            })
-            .collect();
         assert_eq!(
-            messages,
+            located(&errors),
             vec![
                 "5:9 unknown class `lost_acces`, expected one of `lost_access`, `credential_invalid`, `stale_session`",
                 "7:16 unknown guard `nope` in `skip_guards`, expected one of `transient`",
-                "10:14 set either `path` or `path_regex`, not both",
-                "11:11 status range `500-400` is empty: 500 is above 400",
-                "12:18 invalid JSON path: empty key at byte 2 in `a..b`",
-                "12:62 invalid regex: unclosed group",
-                "15:6 duplicate rule id `x.a`",
-                "14:1 `when` has no matchers; at least one is required",
+                "10:39 a check needs exactly one test: `equals`, `one_of`, `contains`, `prefix`, `suffix`, `regex`, `glob`, `exists`, `gt`, `ge`, `lt`, `le`, `equals_scope`",
+                "11:33 status range `500-400` is empty: 500 is above 400",
+                "12:29 invalid JSON path: empty key at byte 2 in `a..b`",
+                "13:42 invalid regex: unclosed group",
+                "14:14 unknown source `jsn`, expected one of `status`, `method`, `url_path`, `path_capture`, `header`, `request_header`, `json`, `request_json`, `body`, `query`, `request_field`, `scope`, `credential`",
+                "15:14 source `header` needs a `name`",
+                "16:43 unknown list `missing_list`; this file has no `[lists]`",
+                "17:28 source `credential` supports only `exists`",
+                "21:6 duplicate rule id `x.a`",
+                "20:1 `when` has no checks; write `all = [...]` or `any = [...]`",
             ],
-            "{messages:#?}"
         );
-        assert!(errors[6]
+        assert!(errors[10]
             .to_string()
             .contains("note: first defined at rules/x.toml:4:6"));
     }
 
     #[test]
+    fn old_spellings_point_at_the_new_ones() {
+        let text = r#"schema = 1
+[[rule]]
+id = "x.a"
+class = "lost_access"
+description = "d"
+[rule.when]
+status = [404]
+request_header = [{ name = "mcp-session-id", present = true }]
+all = [{ source = "request_header", name = "x", present = true }, { field = "channel", equals_scope = "c" }]
+"#;
+        let errors = errors_of(text);
+        let shown = located(&errors);
+        assert_eq!(shown.len(), 5, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("1:10 schema 1 is the previous rule format"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].starts_with("7:1 `status` is now a check: `{ source = \"status\""),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[2]
+                .starts_with("8:1 `request_header` is now a check: `{ source = \"request_header\""),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[3].starts_with("9:49 `present` is now `exists`"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[4].starts_with("9:69 `field` is now `source = \"request_field\""),
+            "{shown:#?}"
+        );
+        let rendered = errors[2].to_string();
+        assert!(
+            rendered.contains("8 | request_header = [")
+                && rendered.contains("  | ^^^^^^^^^^^^^^\n"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn groups_nest_and_lists_resolve() {
+        let text = format!(
+            r#"{HEADER}
+[lists]
+gone = ["a_gone", "b_gone"]
+
+[[rule]]
+id = "x.a"
+class = "lost_access"
+description = "d"
+[rule.when]
+any = [
+  {{ all = [{{ source = "status", equals = 404 }}, {{ source = "json", path = "error", one_of = "gone" }}] }},
+  {{ source = "body", contains = "gone for good", not = false }},
+]
+"#
+        );
+        let providers = compile(vec![RuleSource::new("rules/x.toml", "x", text)])
+            .unwrap_or_else(|errors| panic!("{errors}"));
+        let Matcher::Any(items) = &providers[0].rules[0].when else {
+            panic!("any at the top");
+        };
+        assert_eq!(items.len(), 2);
+        let literals = providers[0].rules[0].when.required_literals().unwrap();
+        assert!(
+            literals.contains(&b"gone for good".to_vec()),
+            "{literals:?}"
+        );
+    }
+
+    #[test]
     fn duplicate_ids_are_found_across_files() {
         let rule = |id: &str| {
-            format!("{HEADER}[[rule]]\nid = \"{id}\"\nclass = \"lost_access\"\ndescription = \"d\"\nwhen = {{ status = [401] }}\n")
+            format!("{HEADER}[[rule]]\nid = \"{id}\"\nclass = \"lost_access\"\ndescription = \"d\"\nwhen = {{ all = [{{ source = \"status\", equals = 401 }}] }}\n")
         };
         let errors = compile(vec![
             RuleSource::new("rules/b.toml", "b", rule("same")),
@@ -1189,25 +1412,25 @@ description = "d"
         let errors = errors_of("");
         assert_eq!(
             errors[0].message(),
-            "missing `schema = 1` at the top of the file"
+            "missing `schema = 2` at the top of the file"
         );
-        let errors = errors_of("schema = 2\n");
+        let errors = errors_of("schema = 3\n");
         assert_eq!(errors[0].line_column(), Some((1, 10)));
     }
 
     #[test]
-    fn request_entries_need_one_source_and_one_test() {
+    fn path_captures_need_a_named_group() {
         let text = format!(
             r#"{HEADER}[[rule]]
 id = "x.a"
 class = "lost_access"
 description = "d"
 [rule.when]
-request = [
-  {{ query = "a", body = "b", exists = true }},
-  {{ query = "a" }},
-  {{ path_capture = "repo", equals_scope = "k" }},
-  {{ header = "bad header", present = true }},
+all = [
+  {{ source = "path_capture", name = "repo", equals_scope = "k" }},
+  {{ source = "request_header", name = "bad header", exists = true }},
+  {{ source = "url_path", path = "/a", glob = "/a" }},
+  {{ source = "json", name = "error", exists = true }},
 ]
 "#
         );
@@ -1215,17 +1438,20 @@ request = [
             .iter()
             .map(|error| error.message().to_owned())
             .collect();
-        assert_eq!(messages.len(), 4, "{messages:#?}");
-        assert!(messages[0].contains("exactly one source"));
-        assert!(messages[1].contains("exactly one test"));
-        assert!(messages[2].contains("needs a `path_regex` with a named group"));
-        assert!(messages[3].contains("invalid header name"));
+        assert_eq!(messages.len(), 5, "{messages:#?}");
+        assert!(messages[0].contains("needs a `url_path` regex in `when` with a named group"));
+        assert!(messages[1].contains("invalid header name"));
+        assert!(
+            messages[2].contains("takes no `path`; match the request path with `glob` or `regex`")
+        );
+        assert!(messages[3].contains("takes no `name`; a JSON path is `path`"));
+        assert!(messages[4].contains("needs a JSON `path`"));
     }
 
     #[test]
     fn too_large_regexes_are_rejected() {
         let text = format!(
-            "{HEADER}[[rule]]\nid = \"x.a\"\nclass = \"lost_access\"\ndescription = \"d\"\n[rule.when]\nbody_regex = \"\\\\w{{1000}}\\\\w{{1000}}\"\n"
+            "{HEADER}[[rule]]\nid = \"x.a\"\nclass = \"lost_access\"\ndescription = \"d\"\n[rule.when]\nall = [{{ source = \"body\", regex = \"\\\\w{{1000}}\\\\w{{1000}}\" }}]\n"
         );
         let errors = errors_of(&text);
         assert_eq!(errors.len(), 1);

@@ -1,6 +1,7 @@
 //! Evaluation of compiled rules against one exchange: the decision loop shared by `classify` and
 //! `explain`, and the lazily filled per-response state (parsed JSON, request body, guard results).
 
+use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
 use std::fmt;
 
@@ -13,9 +14,17 @@ use super::exchange::{
     form_values, is_event_stream, sse_events, Exchange, ExchangeHead, RequestBodyView,
     ResponseBody, Scope,
 };
-use super::matcher::{
-    JsonTest, MatchTable, RequestSource, RequestTest, RequestValue, RequestValueTest, Truth, Why,
-};
+use super::matcher::{BodyField, Check, HeadView, Matcher, Source, Test, Truth, Val, Why};
+use crate::session::Presented;
+
+/// Where JSON checks read: the response body (parsed on first use), or one event of a stream.
+#[derive(Clone, Copy)]
+enum Root<'v> {
+    Body,
+    Event(&'v Value),
+    /// A stream ruled out by its head: JSON checks read nothing.
+    NoEvent,
+}
 
 /// Why the built-in `transient` guard vetoes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +44,10 @@ impl fmt::Display for TransientCause {
     }
 }
 
-/// Status 408, 425, 429 or 5xx; a `Retry-After` header; `x-ratelimit-remaining: 0`.
+/// Status 408, 425, 429 or 5xx; a `Retry-After` header; `x-ratelimit-remaining: 0` on a
+/// response that can be rate limiting (2xx or 403; 429 is already transient). A 401 or 404 says
+/// something about the credential or the resource whatever quota is left: GitHub answers
+/// GraphQL `401 Bad credentials` with `x-ratelimit-remaining: 0`.
 pub(crate) fn transient_cause(head: &ExchangeHead<'_>) -> Option<TransientCause> {
     let code = head.status.as_u16();
     if matches!(code, 408 | 425 | 429 | 500..=599) {
@@ -43,6 +55,9 @@ pub(crate) fn transient_cause(head: &ExchangeHead<'_>) -> Option<TransientCause>
     }
     if head.response_headers.contains_key(RETRY_AFTER) {
         return Some(TransientCause::RetryAfter);
+    }
+    if !matches!(code, 200..=299 | 403) {
+        return None;
     }
     let exhausted = head
         .response_headers
@@ -165,183 +180,217 @@ impl<'e, 'a> Ctx<'e, 'a> {
             .get_or_init(|| transient_cause(&self.exchange.head))
     }
 
-    // === Tables ===
+    // === Matchers ===
 
-    pub(crate) fn table(&self, table: &MatchTable, why: &mut Why) -> Truth {
+    fn head_view(&self) -> HeadView<'a> {
         let head = &self.exchange.head;
-        if !table.head.holds(
-            head.method,
-            self.path,
-            head.status,
-            head.request_headers,
-            head.response_headers,
-            why,
-        ) {
+        HeadView {
+            method: head.method,
+            path: self.path,
+            query: self.query,
+            status: head.status,
+            request_headers: head.request_headers,
+            response_headers: head.response_headers,
+        }
+    }
+
+    /// Evaluates a `when`, `unless` or guard. On an event stream, a matcher that reads JSON holds
+    /// when it holds with the JSON checks reading one event: checks of one matcher never mix
+    /// events.
+    pub(crate) fn table(&self, matcher: &Matcher, why: &mut Why) -> Truth {
+        if matches!(self.body, BodyInput::EventStream(_)) && matcher.reads_json() {
+            // Head checks first, so a stream no rule can match is never parsed.
+            if !matcher.may_hold(&self.head_view()) {
+                self.eval(matcher, Root::NoEvent, why);
+                return Truth::No;
+            }
+            let events = match self.parsed() {
+                ParsedBody::Events(events) if !events.is_empty() => events,
+                // No JSON event: the JSON checks read nothing, the others still count.
+                _ => return self.eval(matcher, Root::NoEvent, why),
+            };
+            let mut result = Truth::No;
+            for event in events {
+                match self.eval(matcher, Root::Event(event), &mut Why::silent()) {
+                    Truth::Yes => return Truth::Yes,
+                    Truth::Unknown => result = Truth::Unknown,
+                    Truth::No => {}
+                }
+            }
+            if result == Truth::No {
+                why.fail(|| format!("no event satisfied {}", matcher.describe()));
+            }
+            return result;
+        }
+        self.eval(matcher, Root::Body, why)
+    }
+
+    fn eval(&self, matcher: &Matcher, root: Root<'_>, why: &mut Why) -> Truth {
+        match matcher {
+            Matcher::All(items) => {
+                let mut result = Truth::Yes;
+                for item in items.iter() {
+                    match self.eval(item, root, why) {
+                        Truth::No => return Truth::No,
+                        Truth::Unknown => result = Truth::Unknown,
+                        Truth::Yes => {}
+                    }
+                }
+                result
+            }
+            Matcher::Any(items) => {
+                let mut result = Truth::No;
+                for item in items.iter() {
+                    match self.eval(item, root, &mut Why::silent()) {
+                        Truth::Yes => return Truth::Yes,
+                        Truth::Unknown => result = Truth::Unknown,
+                        Truth::No => {}
+                    }
+                }
+                if result == Truth::No {
+                    why.fail(|| format!("{} did not hold", matcher.describe()));
+                }
+                result
+            }
+            Matcher::Check(check) => self.check(check, root, why),
+        }
+    }
+
+    fn check(&self, check: &Check, root: Root<'_>, why: &mut Why) -> Truth {
+        let source = &check.source;
+        if source.in_head() && !matches!(check.test, Test::EqualsScope(_)) {
+            let held = self.head_view().check(check);
+            if !held {
+                why.fail(|| format!("{} did not hold{}", check.description, self.shown(source)));
+            }
+            return Truth::from_bool(held);
+        }
+        // A body that was not inspected or is not JSON decides nothing, negated or not: an
+        // unknown body is never an absent one.
+        if source.reads_response_body() && self.raw_body().is_none() {
+            why.fail(|| "the body was not inspected (too large or not buffered)".into());
             return Truth::No;
         }
-        if table.needs_body() {
-            let Some(raw) = self.raw_body() else {
-                why.fail(|| "the body was not inspected (too large or not buffered)".into());
-                return Truth::No;
-            };
-            if let Some(body_regex) = &table.body_regex {
-                if !body_regex.regex.is_match(raw) {
-                    why.fail(|| format!("{} did not match", body_regex.description));
-                    return Truth::No;
-                }
-            }
-            if !table.json.is_empty() && !self.json_holds(&table.json, why) {
-                return Truth::No;
-            }
+        let json_root = match (source, root) {
+            (Source::Json(_), Root::Event(event)) => Some(event),
+            (Source::Json(_), Root::NoEvent) => None,
+            (Source::Json(_), Root::Body) => match self.parsed() {
+                ParsedBody::One(Some(value)) => Some(value),
+                _ => None,
+            },
+            _ => None,
+        };
+        if matches!(source, Source::Json(_)) && json_root.is_none() {
+            why.fail(|| "the body is not JSON".into());
+            return Truth::No;
         }
-        let mut result = Truth::Yes;
-        for test in &table.request {
-            match self.request_test(test) {
-                Truth::No => {
-                    why.fail(|| format!("{} did not hold", test.description));
-                    return Truth::No;
-                }
-                Truth::Unknown => result = Truth::Unknown,
-                Truth::Yes => {}
-            }
-        }
-        if let Some(key) = &table.scope_absent {
-            match self.exchange.scope {
-                Scope::Unknown => result = Truth::Unknown,
-                Scope::Known(scope) => {
-                    if scope_value(scope, key).is_some() {
-                        why.fail(|| format!("scope_absent {key}: the session has a {key}"));
-                        return Truth::No;
-                    }
-                }
-            }
-        }
-        result
-    }
-
-    /// All tests hold on the body; for an event stream, all within one event.
-    fn json_holds(&self, tests: &[JsonTest], why: &mut Why) -> bool {
-        match self.parsed() {
-            ParsedBody::One(Some(root)) => {
-                for test in tests {
-                    if !test.holds(root) {
-                        why.fail(|| {
-                            let actual = test.path.show_values(root);
-                            format!("{} did not hold ({actual})", test.description)
-                        });
-                        return false;
-                    }
-                }
-                true
-            }
-            ParsedBody::One(None) => {
-                why.fail(|| "the body is not JSON".into());
-                false
-            }
-            ParsedBody::Events(events) => {
-                let held = events
-                    .iter()
-                    .any(|event| tests.iter().all(|test| test.holds(event)));
-                if !held {
-                    why.fail(|| {
-                        let all: Vec<&str> = tests.iter().map(|t| &*t.description).collect();
-                        format!("no event satisfied all of: {}", all.join("; "))
-                    });
-                }
-                held
-            }
-        }
-    }
-
-    fn request_test(&self, test: &RequestTest) -> Truth {
-        let ignore_case = test.ignore_case;
-        let source = &test.source;
-        match &test.test {
-            RequestValueTest::Exists(wanted) => {
-                Truth::from_bool(self.request_any(source, &mut |_| true) == *wanted)
-            }
-            RequestValueTest::Equals(expected) => Truth::from_bool(
-                self.request_any(source, &mut |value| value.equals(expected, ignore_case)),
-            ),
-            RequestValueTest::OneOf(expected) => {
-                Truth::from_bool(self.request_any(source, &mut |value| {
-                    expected
-                        .iter()
-                        .any(|candidate| value.equals(candidate, ignore_case))
-                }))
-            }
-            RequestValueTest::Regex(regex) => {
-                Truth::from_bool(self.request_any(source, &mut |value| value.is_match(regex)))
-            }
-            RequestValueTest::EqualsScope(key) => match self.exchange.scope {
+        let ignore_case = check.ignore_case;
+        let held = match &check.test {
+            Test::EqualsScope(key) => match self.exchange.scope {
                 // A request without the value can never equal the scope, whatever it holds.
-                Scope::Unknown if !self.request_any(source, &mut |_| true) => Truth::No,
-                Scope::Unknown => Truth::Unknown,
+                Scope::Unknown if !self.values_any(source, json_root, &mut |_| true) => false,
+                Scope::Unknown => return Truth::Unknown,
                 Scope::Known(scope) => match scope_value(scope, key) {
-                    None => Truth::No,
-                    Some(Value::Array(items)) => {
-                        Truth::from_bool(self.request_any(source, &mut |value| {
-                            items.iter().any(|item| value.equals(item, ignore_case))
-                        }))
-                    }
-                    Some(expected) => Truth::from_bool(
-                        self.request_any(source, &mut |value| value.equals(expected, ignore_case)),
-                    ),
+                    None => false,
+                    Some(Value::Array(items)) => self.values_any(source, json_root, &mut |value| {
+                        items.iter().any(|item| value.equals(item, ignore_case))
+                    }),
+                    Some(expected) => self.values_any(source, json_root, &mut |value| {
+                        value.equals(expected, ignore_case)
+                    }),
                 },
             },
+            test => {
+                if let (Source::Scope(_), Scope::Unknown) = (source, self.exchange.scope) {
+                    return Truth::Unknown;
+                }
+                self.values_any(source, json_root, &mut |value| {
+                    test.passes(value, ignore_case)
+                })
+            }
+        };
+        let result = held != check.negate;
+        if !result {
+            why.fail(|| {
+                let shown = match json_root {
+                    Some(root) => match source {
+                        Source::Json(path) => format!(" ({})", path.show_values(root)),
+                        _ => String::new(),
+                    },
+                    None => String::new(),
+                };
+                format!("{} did not hold{shown}", check.description)
+            });
+        }
+        Truth::from_bool(result)
+    }
+
+    /// What a head source held, for explanations.
+    fn shown(&self, source: &Source) -> String {
+        let head = &self.exchange.head;
+        match source {
+            Source::Status => format!(" (status is {})", head.status.as_u16()),
+            Source::Method => format!(" (method is {})", head.method),
+            Source::UrlPath => format!(" (path is {})", self.path),
+            _ => String::new(),
         }
     }
 
     /// Whether `test` holds for any value the source yields.
-    fn request_any(
+    fn values_any(
         &self,
-        source: &RequestSource,
-        test: &mut dyn FnMut(&RequestValue<'_>) -> bool,
+        source: &Source,
+        json_root: Option<&Value>,
+        test: &mut dyn FnMut(&Val<'_>) -> bool,
     ) -> bool {
-        let head = &self.exchange.head;
         match source {
-            RequestSource::Query(name) => self.query_any(name, test),
-            RequestSource::Header(name) => head.request_headers.get_all(name).iter().any(|value| {
-                value
-                    .to_str()
-                    .is_ok_and(|text| test(&RequestValue::Text(text.into())))
-            }),
-            RequestSource::PathCapture { regex, group } => regex
-                .captures(self.path)
-                .and_then(|captures| captures.name(group))
-                .is_some_and(|found| test(&RequestValue::Text(found.as_str().into()))),
-            RequestSource::Body(field) => self.body_field_any(field, test),
-            RequestSource::Field(field) => {
+            Source::Json(path) => {
+                json_root.is_some_and(|root| path.any(root, |value| test(&Val::Json(value))))
+            }
+            Source::Body => self.raw_body().is_some_and(|body| test(&Val::Bytes(body))),
+            Source::RequestJson(path) => match self.request_body() {
+                RequestBodyView::Json(root) => path.any(root, |value| test(&Val::Json(value))),
+                _ => false,
+            },
+            Source::RequestField(field) => {
                 let in_query = self.query.is_some_and(|query| {
                     form_values(query.as_bytes(), &field.name).next().is_some()
                 });
                 if in_query {
-                    self.query_any(&field.name, test)
+                    self.head_view()
+                        .any(&Source::Query(field.name.clone()), test)
                 } else {
                     self.body_field_any(field, test)
                 }
             }
+            Source::Scope(key) => match self.exchange.scope {
+                Scope::Known(scope) => {
+                    scope_value(scope, key).is_some_and(|value| test(&Val::Json(value)))
+                }
+                Scope::Unknown => false,
+            },
+            Source::Credential => {
+                let head = &self.exchange.head;
+                let presented = !Presented::in_request(
+                    head.request_headers,
+                    head.path_and_query,
+                    self.exchange.request_body,
+                )
+                .is_empty();
+                presented && test(&Val::Text(Cow::Borrowed("")))
+            }
+            head_source => self.head_view().any(head_source, test),
         }
     }
 
-    fn query_any(&self, name: &str, test: &mut dyn FnMut(&RequestValue<'_>) -> bool) -> bool {
-        self.query.is_some_and(|query| {
-            form_values(query.as_bytes(), name).any(|value| test(&RequestValue::Text(value)))
-        })
-    }
-
-    fn body_field_any(
-        &self,
-        field: &super::matcher::BodyField,
-        test: &mut dyn FnMut(&RequestValue<'_>) -> bool,
-    ) -> bool {
+    fn body_field_any(&self, field: &BodyField, test: &mut dyn FnMut(&Val<'_>) -> bool) -> bool {
         match self.request_body() {
             RequestBodyView::Json(root) => field
                 .path
                 .as_ref()
-                .is_some_and(|path| path.any(root, |value| test(&RequestValue::Json(value)))),
+                .is_some_and(|path| path.any(root, |value| test(&Val::Json(value)))),
             RequestBodyView::Form => form_values(self.exchange.request_body, &field.name)
-                .any(|value| test(&RequestValue::Text(value))),
+                .any(|value| test(&Val::Text(value))),
             RequestBodyView::Opaque => false,
         }
     }

@@ -334,7 +334,7 @@ pub struct RecordedRequest {
     #[serde(default)]
     pub headers: RecordedHeaders,
     #[serde(default)]
-    pub body: Option<String>,
+    pub body: RecordedBody,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -343,7 +343,30 @@ pub struct RecordedResponse {
     #[serde(default)]
     pub headers: RecordedHeaders,
     #[serde(default)]
-    pub body: String,
+    pub body: RecordedBody,
+}
+
+/// A recorded body: a string is the body's bytes verbatim (non-JSON bodies, or JSON whose exact
+/// bytes matter); any other value is a JSON body written as a structured value, sent as its
+/// compact encoding (object members in sorted order). Absent or `null`: no body.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct RecordedBody(pub Option<Value>);
+
+impl RecordedBody {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match &self.0 {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(text)) => text.as_bytes().to_vec(),
+            Some(value) => serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&str> for RecordedBody {
+    fn from(text: &str) -> Self {
+        RecordedBody(Some(Value::String(text.to_owned())))
+    }
 }
 
 /// A recorded exchange turned into the owned parts an `Exchange` borrows.
@@ -388,13 +411,13 @@ impl PreparedExchange {
                 .headers
                 .to_header_map()
                 .map_err(|error| format!("request: {error}"))?,
-            request_body: request.body.clone().unwrap_or_default().into_bytes(),
+            request_body: request.body.to_bytes(),
             status,
             response_headers: response
                 .headers
                 .to_header_map()
                 .map_err(|error| format!("response: {error}"))?,
-            response_body: response.body.clone().into_bytes(),
+            response_body: response.body.to_bytes(),
         })
     }
 

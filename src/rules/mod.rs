@@ -8,19 +8,20 @@
 //! For one response of provider P:
 //!
 //! 1. The enabled rules of P are taken by priority (highest first), ties in file order.
-//! 2. A rule matches when its `when` table holds (all matchers, AND), no `unless` table holds,
-//!    and no applicable guard vetoes it. Guards are the built-in `transient` guard (status 408,
-//!    425, 429, 5xx; a `Retry-After` header; `x-ratelimit-remaining: 0`) and the file's
+//! 2. A rule matches when its `when` group holds (checks combined with `all`/`any`), no
+//!    `unless` group holds, and no applicable guard vetoes it. Guards are the built-in
+//!    `transient` guard (status 408, 425, 429, 5xx; a `Retry-After` header;
+//!    `x-ratelimit-remaining: 0` on a 2xx or 403) and the file's
 //!    `[[guard]]` tables; a rule opts out of some with `skip_guards`. Guards are evaluated only
 //!    for rules that otherwise match, once per response.
 //! 3. The first matching `enforce` rule decides the class; matching `shadow` rules are reported
 //!    alongside and never decide.
 //! 4. Nothing matched: `pass`.
-//! 5. A body over `max_body_bytes` (or not buffered) is not inspected: body matchers (`json`,
-//!    `body_regex`) are false on it. A body that is not JSON makes `json` matchers false. For a
-//!    `text/event-stream` body the `json` matchers of one table must all hold within one event.
+//! 5. A body over `max_body_bytes` (or not buffered) is not inspected: `json` and `body` checks
+//!    are false on it, negated or not. A body that is not JSON makes `json` checks false. For a
+//!    `text/event-stream` body the `json` checks of one matcher must hold within one event.
 //!
-//! Matchers on the session scope (`equals_scope`, `scope_absent`) need the scope. When the
+//! Checks on the session scope (`equals_scope`, the `scope` source) need the scope. When the
 //! caller passes `Scope::Unknown` and the outcome depends on such a matcher (for the deciding
 //! rule, an earlier one, or a shadow rule), `classify` answers [`Verdict::NeedsScope`]; the
 //! caller loads the scope and asks again with `Scope::Known`.
@@ -29,7 +30,7 @@
 //!
 //! A literal prefilter (`prefilter.rs`) scans the raw body once and leaves only the rules whose
 //! required literals appear; the rest are never evaluated. JSON is parsed at most once per
-//! response (per event for streams) and only when a rule's head matchers already hold.
+//! response (per event for streams) and only when a rule's head checks already hold.
 
 pub mod cases;
 pub mod check;
@@ -49,13 +50,13 @@ pub use decision::{
     RuleTrace, UnknownClass, Verdict,
 };
 pub use exchange::{
-    is_event_stream, sse_events, Exchange, ExchangeHead, PreparedExchange, RecordedRequest,
-    RecordedResponse, ResponseBody, Scope, SseStream,
+    is_event_stream, sse_events, Exchange, ExchangeHead, PreparedExchange, RecordedBody,
+    RecordedRequest, RecordedResponse, ResponseBody, Scope, SseStream,
 };
 
 use compile::ProviderRules;
 use evaluate::{decide, transient_cause, Ctx, GuardRef, Judgement};
-use matcher::{Truth, Why};
+use matcher::{HeadView, Truth, Why};
 use prefilter::{merge_sorted, Candidates};
 
 /// Bodies larger than this are not inspected unless set otherwise (the halt layer's
@@ -197,17 +198,16 @@ impl RuleSet {
             return false;
         };
         let transient = transient_cause(head).is_some();
-        let path = head.path();
-        provider.heads.iter().any(|entry| {
-            (!transient || entry.skips_transient)
-                && entry.head.holds(
-                    head.method,
-                    path,
-                    head.status,
-                    head.request_headers,
-                    head.response_headers,
-                    &mut Why::silent(),
-                )
+        let view = HeadView {
+            method: head.method,
+            path: head.path(),
+            query: head.query(),
+            status: head.status,
+            request_headers: head.request_headers,
+            response_headers: head.response_headers,
+        };
+        provider.rules.iter().any(|rule| {
+            rule.enabled && (!transient || !rule.transient_guard) && rule.when.may_hold(&view)
         })
     }
 

@@ -1,8 +1,8 @@
 //! Literal prefilter: one Aho-Corasick pass over the raw body tells which rules could match.
 //!
-//! A rule whose `when` has body matchers can only match if certain literal text appears in the
-//! body: `json = [{ path = "error", one_of = ["not_in_channel"] }]` needs `"not_in_channel"`
-//! (quotes included) and `"error"`. Each rule gets one such set of alternatives (it needs at
+//! A rule whose `when` has body checks can only match if certain literal text appears in the
+//! body: `{ source = "json", path = "error", one_of = ["not_in_channel"] }` needs
+//! `"not_in_channel"` (quotes included) and `"error"`. Each rule gets one such set of alternatives (it needs at
 //! least one of them); the scan collects the patterns present and only rules with a hit are
 //! evaluated, so most responses are decided without parsing JSON and the cost hardly grows with
 //! the number of rules.
@@ -18,7 +18,7 @@ use aho_corasick::{packed, AhoCorasick, AhoCorasickBuilder, Input, MatchKind, Sp
 use regex_syntax::hir::{Hir, HirKind};
 
 use super::compile::Rule;
-use super::matcher::{MatchTable, ValueTest};
+use super::matcher::{Check, Source, Test};
 
 /// Every JSON `\u` escape starts with one of these; seeing one turns the prefilter off for the
 /// body. Three bytes rather than `\u` alone keep the SIMD search's fingerprints selective.
@@ -161,8 +161,10 @@ impl Prefilter {
                 continue;
             }
             let index = u32::try_from(index).map_err(|_| "too many rules in one file")?;
-            match required_literals(&rule.when) {
+            match rule.when.required_literals() {
                 Some(literals) => {
+                    // What lets `candidates` drop filtered rules on an uninspected body.
+                    debug_assert!(rule.when.needs_body());
                     filtered.push(index);
                     for literal in literals {
                         let next = patterns.len();
@@ -340,7 +342,7 @@ fn required_in(hir: &Hir) -> Option<Vec<Vec<u8>>> {
 }
 
 /// Orders literal sets by how rarely they should occur: longest shortest literal, then fewest.
-fn rarer(a: &Vec<Vec<u8>>, b: &Vec<Vec<u8>>) -> std::cmp::Ordering {
+pub(crate) fn rarer(a: &Vec<Vec<u8>>, b: &Vec<Vec<u8>>) -> std::cmp::Ordering {
     let shortest = |set: &Vec<Vec<u8>>| set.iter().map(Vec::len).min().unwrap_or(0);
     shortest(a)
         .cmp(&shortest(b))
@@ -357,72 +359,108 @@ fn value_literal(value: &serde_json::Value) -> Option<Vec<u8>> {
     }
 }
 
-/// The best set of literals one of which must appear in any body the table's `when` matches,
-/// or `None` when the body matchers give no safe literal.
-pub(crate) fn required_literals(table: &MatchTable) -> Option<Vec<Vec<u8>>> {
-    let mut options: Vec<Vec<Vec<u8>>> = Vec::new();
-    for test in &table.json {
-        if matches!(test.test, ValueTest::Exists(false)) {
-            continue;
-        }
-        for key in test.path.keys() {
-            if is_verbatim_in_json(key) {
-                options.push(vec![quoted(key)]);
-            }
-        }
-        match &test.test {
-            ValueTest::Equals(value) => options.extend(value_literal(value).map(|l| vec![l])),
-            ValueTest::OneOf(values) => {
-                let literals: Option<Vec<Vec<u8>>> = values.iter().map(value_literal).collect();
-                options.extend(literals);
-            }
-            ValueTest::Regex(regex) => {
-                let verbatim = regex_literals(regex.as_str(), false).filter(|set| {
-                    set.iter()
-                        .all(|literal| std::str::from_utf8(literal).is_ok_and(is_verbatim_in_json))
-                });
-                options.extend(verbatim);
-            }
-            ValueTest::Exists(_) => {}
-        }
+/// The best set of literals one of which must appear in any body on which this check holds, or
+/// `None` when it can hold without any (a negated check, a non-body source, no safe literal).
+/// `Matcher::required_literals` combines checks: any item's set for `all`, the union for `any`.
+pub(crate) fn check_literals(check: &Check) -> Option<Vec<Vec<u8>>> {
+    if check.negate {
+        return None;
     }
-    if let Some(body_regex) = &table.body_regex {
-        options.extend(regex_literals(&body_regex.pattern, true));
+    let mut options: Vec<Vec<Vec<u8>>> = Vec::new();
+    match &check.source {
+        Source::Json(path) => {
+            for key in path.keys() {
+                if is_verbatim_in_json(key) {
+                    options.push(vec![quoted(key)]);
+                }
+            }
+            match &check.test {
+                _ if check.ignore_case => {}
+                Test::Equals(value) => options.extend(value_literal(value).map(|l| vec![l])),
+                Test::OneOf(values) => {
+                    let literals: Option<Vec<Vec<u8>>> = values.iter().map(value_literal).collect();
+                    options.extend(literals);
+                }
+                Test::Contains(text) if is_verbatim_in_json(text) => {
+                    options.push(vec![text.as_bytes().to_vec()]);
+                }
+                Test::Prefix(text) if is_verbatim_in_json(text) => {
+                    let mut literal = vec![b'"'];
+                    literal.extend_from_slice(text.as_bytes());
+                    options.push(vec![literal]);
+                }
+                Test::Suffix(text) if is_verbatim_in_json(text) => {
+                    let mut literal = text.as_bytes().to_vec();
+                    literal.push(b'"');
+                    options.push(vec![literal]);
+                }
+                Test::Regex(regex) => {
+                    let verbatim = regex_literals(regex.as_str(), false).filter(|set| {
+                        set.iter().all(|literal| {
+                            std::str::from_utf8(literal).is_ok_and(is_verbatim_in_json)
+                        })
+                    });
+                    options.extend(verbatim);
+                }
+                _ => {}
+            }
+        }
+        Source::Body => match &check.test {
+            _ if check.ignore_case => {}
+            Test::Regex(regex) => options.extend(regex_literals(regex.as_str(), true)),
+            Test::Contains(text) | Test::Prefix(text) | Test::Suffix(text) => {
+                options.push(vec![text.as_bytes().to_vec()])
+            }
+            Test::Equals(serde_json::Value::String(text)) => {
+                options.push(vec![text.as_bytes().to_vec()]);
+            }
+            _ => {}
+        },
+        _ => {}
     }
     options
         .into_iter()
-        .filter(|set| set.iter().all(|literal| literal.len() >= MIN_LITERAL_LEN))
+        .filter(|set| !set.is_empty() && set.iter().all(|literal| literal.len() >= MIN_LITERAL_LEN))
         .max_by(rarer)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::matcher::{
-        build_bytes_regex, build_regex, BodyRegex, HeadMatcher, JsonPath, JsonTest,
-    };
+    use crate::rules::matcher::{build_bytes_regex, Comparison, JsonPath, Matcher};
     use serde_json::json;
-    use std::sync::Arc;
 
-    fn table(json: Vec<(&str, ValueTest)>, body_regex: Option<&str>) -> MatchTable {
-        MatchTable {
-            head: Arc::new(HeadMatcher::default()),
-            body_regex: body_regex.map(|pattern| BodyRegex {
-                regex: build_bytes_regex(pattern).unwrap(),
-                pattern: pattern.into(),
-                description: "".into(),
-            }),
-            json: json
-                .into_iter()
-                .map(|(path, test)| JsonTest {
-                    path: JsonPath::parse(path).unwrap(),
-                    test,
-                    description: "".into(),
-                })
-                .collect(),
-            request: Vec::new(),
-            scope_absent: None,
+    fn check(source: Source, test: Test, negate: bool) -> Matcher {
+        Matcher::Check(Box::new(Check {
+            source,
+            test,
+            negate,
+            ignore_case: false,
+            description: "".into(),
+        }))
+    }
+
+    fn json_check(path: &str, test: Test) -> Matcher {
+        check(Source::Json(JsonPath::parse(path).unwrap()), test, false)
+    }
+
+    fn table(json: Vec<(&str, Test)>, body_regex: Option<&str>) -> Matcher {
+        let mut items: Vec<Matcher> = json
+            .into_iter()
+            .map(|(path, test)| json_check(path, test))
+            .collect();
+        if let Some(pattern) = body_regex {
+            items.push(check(
+                Source::Body,
+                Test::Regex(build_bytes_regex(pattern).unwrap()),
+                false,
+            ));
         }
+        Matcher::All(items.into_boxed_slice())
+    }
+
+    fn required_literals(matcher: &Matcher) -> Option<Vec<Vec<u8>>> {
+        matcher.required_literals()
     }
 
     fn strings(literals: Option<Vec<Vec<u8>>>) -> Option<Vec<String>> {
@@ -437,10 +475,10 @@ mod tests {
     fn picks_the_rarest_literal_set() {
         let t = table(
             vec![
-                ("ok", ValueTest::Equals(json!(false))),
+                ("ok", Test::Equals(json!(false))),
                 (
                     "error",
-                    ValueTest::OneOf(vec![json!("not_in_channel"), json!("channel_not_found")]),
+                    Test::OneOf(vec![json!("not_in_channel"), json!("channel_not_found")].into()),
                 ),
             ],
             None,
@@ -456,25 +494,32 @@ mod tests {
 
     #[test]
     fn escaped_or_numeric_values_give_no_value_literal() {
-        let t = table(vec![("ab", ValueTest::Equals(json!("x/y")))], None);
+        let t = table(vec![("ab", Test::Equals(json!("x/y")))], None);
         assert_eq!(
             strings(required_literals(&t)),
             Some(vec!["\"ab\"".into()]),
             "falls back to the key"
         );
-        let t = table(vec![("a", ValueTest::Equals(json!("x/y")))], None);
+        let t = table(vec![("a", Test::Equals(json!("x/y")))], None);
         assert_eq!(required_literals(&t), None, "`\"a\"` is too short to help");
-        let t = table(vec![("[0]", ValueTest::Equals(json!(5)))], None);
+        let t = table(vec![("[0]", Test::Equals(json!(5)))], None);
         assert_eq!(required_literals(&t), None);
-        let t = table(vec![("ok", ValueTest::Equals(json!(true)))], None);
+        let t = table(vec![("ok", Test::Equals(json!(true)))], None);
         assert_eq!(
             strings(required_literals(&t)),
             Some(vec!["true".into()]),
             "`\"ok\"` and `true` tie, one literal each"
         );
-        let t = table(vec![("é", ValueTest::Exists(true))], None);
+        let t = table(vec![("é", Test::Exists)], None);
         assert_eq!(required_literals(&t), None);
-        let t = table(vec![("error", ValueTest::Exists(false))], None);
+        let t = Matcher::All(
+            vec![check(
+                Source::Json(JsonPath::parse("error").unwrap()),
+                Test::Exists,
+                true,
+            )]
+            .into_boxed_slice(),
+        );
         assert_eq!(required_literals(&t), None, "absence needs no literal");
     }
 
@@ -482,7 +527,7 @@ mod tests {
     fn regexes_give_the_literals_every_match_contains() {
         let literals = |pattern: &str| strings(required_literals(&table(vec![], Some(pattern))));
         let json_literals = |pattern: &str| {
-            let test = ValueTest::Regex(build_regex(pattern).unwrap());
+            let test = Test::Regex(build_bytes_regex(pattern).unwrap());
             strings(required_literals(&table(vec![("[0]", test)], None)))
         };
         assert_eq!(
@@ -522,6 +567,50 @@ mod tests {
         );
         assert_eq!(literals("x*|yy"), None, "a branch with no literal");
         assert_eq!(literals("(token)+ (expired)*"), Some(vec!["token".into()]));
+    }
+
+    #[test]
+    fn any_needs_a_literal_in_every_branch_and_all_takes_the_rarest() {
+        let gone = || json_check("error", Test::Equals(json!("channel_gone")));
+        let archived = || json_check("error", Test::Equals(json!("is_archived")));
+        let status = || check(Source::Status, Test::Compare(Comparison::Ge, 400.0), false);
+        let any = Matcher::Any(vec![gone(), archived()].into_boxed_slice());
+        assert_eq!(
+            strings(required_literals(&any)),
+            Some(vec!["\"channel_gone\"".into(), "\"is_archived\"".into()]),
+            "either branch may hold, so either literal may be the one present"
+        );
+        let open = Matcher::Any(vec![gone(), status()].into_boxed_slice());
+        assert_eq!(
+            required_literals(&open),
+            None,
+            "a branch without a literal can hold on any body"
+        );
+        let all = Matcher::All(vec![status(), open, any].into_boxed_slice());
+        assert_eq!(
+            strings(required_literals(&all)),
+            Some(vec!["\"channel_gone\"".into(), "\"is_archived\"".into()]),
+            "an item of `all` with literals is enough"
+        );
+        let negated = check(
+            Source::Json(JsonPath::parse("error").unwrap()),
+            Test::Equals(json!("channel_gone")),
+            true,
+        );
+        assert_eq!(
+            required_literals(&negated),
+            None,
+            "`not` holds without its literal"
+        );
+        let body = check(
+            Source::Body,
+            Test::Contains("Resource blocked".into()),
+            false,
+        );
+        assert_eq!(
+            strings(required_literals(&body)),
+            Some(vec!["Resource blocked".into()])
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ use toml::Spanned;
 #[derive(Debug, Default)]
 pub struct RuleFileSpec {
     pub schema: Option<Spanned<i64>>,
+    /// `[lists]`: named value lists that `one_of` may reference by name.
+    pub lists: Vec<(Spanned<String>, Spanned<Vec<Value>>)>,
     pub guards: Vec<Located<GuardSpec>>,
     pub rules: Vec<Located<RuleSpec>>,
 }
@@ -36,7 +38,7 @@ pub struct GuardSpec {
     pub name: Spanned<String>,
     #[serde(default)]
     pub description: Option<String>,
-    pub when: MatchSpec,
+    pub when: ItemSpec,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,116 +58,63 @@ pub struct RuleSpec {
     pub skip_guards: Vec<Spanned<String>>,
     #[serde(default)]
     pub reason: Option<String>,
-    pub when: MatchSpec,
+    pub when: ItemSpec,
     #[serde(default)]
-    pub unless: Vec<MatchSpec>,
+    pub unless: Vec<ItemSpec>,
 }
 
 fn default_enabled() -> bool {
     true
 }
 
-/// The matcher table shared by `when`, `unless` and guards. All present matchers must hold.
+/// One item of a matcher: a group (`{ all = [...] }` or `{ any = [...] }`) or a check
+/// (`{ source = "...", <test> = ... }`). `when`, `unless` and a guard's `when` are groups.
 ///
-/// Tables themselves are never wrapped in `Spanned`: a `[rule.when]` section loses its own span
-/// when it is lifted out of the document, only its keys and values keep theirs.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MatchSpec {
-    pub method: Option<Spanned<Vec<Spanned<String>>>>,
-    pub path: Option<Spanned<String>>,
-    pub path_regex: Option<Spanned<String>>,
-    pub status: Option<Spanned<Vec<Spanned<StatusSpec>>>>,
-    pub header: Option<Vec<HeaderTestSpec>>,
-    pub request_header: Option<Vec<HeaderTestSpec>>,
-    pub json: Option<Vec<JsonTestSpec>>,
-    pub body_regex: Option<Spanned<String>>,
-    pub request: Option<Vec<RequestTestSpec>>,
-    pub scope_absent: Option<Spanned<String>>,
+/// Kept as its keys in file order, each with its span, so the compiler can name every unknown
+/// or old key exactly where it was written.
+#[derive(Debug, Default)]
+pub struct ItemSpec {
+    pub entries: Vec<(Spanned<String>, ItemValue)>,
 }
 
-impl MatchSpec {
-    pub fn is_empty(&self) -> bool {
-        self.method.is_none()
-            && self.path.is_none()
-            && self.path_regex.is_none()
-            && self.status.is_none()
-            && self.header.is_none()
-            && self.request_header.is_none()
-            && self.json.is_none()
-            && self.body_regex.is_none()
-            && self.request.is_none()
-            && self.scope_absent.is_none()
+#[derive(Debug)]
+pub enum ItemValue {
+    /// The items of `all` or `any`.
+    Group(Spanned<Vec<Spanned<ItemSpec>>>),
+    Value(Spanned<Value>),
+}
+
+impl ItemSpec {
+    pub fn get(&self, key: &str) -> Option<&ItemValue> {
+        self.entries
+            .iter()
+            .find(|(name, _)| name.get_ref() == key)
+            .map(|(_, value)| value)
     }
 }
 
-/// One `status` entry: a code (`401`) or a string (`"401"`, `"400-499"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StatusSpec {
-    Code(i64),
-    Text(String),
-}
-
-impl<'de> Deserialize<'de> for StatusSpec {
+impl<'de> Deserialize<'de> for ItemSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct StatusVisitor;
-        impl Visitor<'_> for StatusVisitor {
-            type Value = StatusSpec;
+        struct ItemVisitor;
+        impl<'de> Visitor<'de> for ItemVisitor {
+            type Value = ItemSpec;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a status code like 401 or a range string like \"400-499\"")
+                f.write_str("a table: a check `{ source = ..., <test> = ... }` or a group `{ all = [...] }`")
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StatusSpec, E> {
-                Ok(StatusSpec::Code(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatusSpec, E> {
-                Ok(StatusSpec::Code(i64::try_from(v).unwrap_or(i64::MAX)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusSpec, E> {
-                Ok(StatusSpec::Text(v.to_owned()))
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<ItemSpec, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    let value = match key.get_ref().as_str() {
+                        "all" | "any" => ItemValue::Group(map.next_value()?),
+                        _ => ItemValue::Value(map.next_value()?),
+                    };
+                    entries.push((key, value));
+                }
+                Ok(ItemSpec { entries })
             }
         }
-        deserializer.deserialize_any(StatusVisitor)
+        deserializer.deserialize_map(ItemVisitor)
     }
-}
-
-/// `{ name = "...", regex | equals | present = ... }` over response or request headers.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderTestSpec {
-    pub name: Spanned<String>,
-    pub regex: Option<Spanned<String>>,
-    pub equals: Option<Spanned<String>>,
-    pub present: Option<Spanned<bool>>,
-}
-
-/// `{ path = "...", equals | one_of | regex | exists = ... }` over the response JSON.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonTestSpec {
-    pub path: Spanned<String>,
-    pub equals: Option<Spanned<Value>>,
-    pub one_of: Option<Spanned<Vec<Value>>>,
-    pub regex: Option<Spanned<String>>,
-    pub exists: Option<Spanned<bool>>,
-}
-
-/// One `request` entry: exactly one source and exactly one test.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RequestTestSpec {
-    pub query: Option<Spanned<String>>,
-    pub body: Option<Spanned<String>>,
-    pub path_capture: Option<Spanned<String>>,
-    pub header: Option<Spanned<String>>,
-    pub field: Option<Spanned<String>>,
-    pub equals: Option<Spanned<Value>>,
-    pub one_of: Option<Spanned<Vec<Value>>>,
-    pub regex: Option<Spanned<String>>,
-    pub exists: Option<Spanned<bool>>,
-    pub present: Option<Spanned<bool>>,
-    pub equals_scope: Option<Spanned<String>>,
-    #[serde(default)]
-    pub ignore_case: bool,
 }
 
 /// A problem found while reading the TOML, before any semantic check.
@@ -210,6 +159,33 @@ pub fn parse_rule_file(text: &str) -> (Option<RuleFileSpec>, Vec<SpecError>) {
                     "`schema` must be an integer (the only known schema is 1)",
                 )),
             },
+            "lists" => match item.as_table_like() {
+                Some(table) => {
+                    for (name, value) in table.iter() {
+                        let name_span = table.key(name).and_then(|k| k.span()).unwrap_or(0..0);
+                        let value = match value.clone().into_value() {
+                            Ok(value) => value,
+                            Err(_) => {
+                                errors.push(SpecError::new(
+                                    Some(name_span),
+                                    format!("list `{name}` must be an array of values"),
+                                ));
+                                continue;
+                            }
+                        };
+                        match Spanned::<Vec<Value>>::deserialize(value.into_deserializer()) {
+                            Ok(values) => spec
+                                .lists
+                                .push((Spanned::new(name_span, name.to_owned()), values)),
+                            Err(error) => errors.push(from_de_error(&error, name_span)),
+                        }
+                    }
+                }
+                None => errors.push(SpecError::new(
+                    item.span().or(key_span),
+                    "`lists` must be a table of named arrays, written as [lists]",
+                )),
+            },
             "guard" => {
                 for (span, table) in tables_of(item, key_span.clone(), &mut errors, "guard") {
                     match GuardSpec::deserialize(table.into_deserializer()) {
@@ -229,7 +205,7 @@ pub fn parse_rule_file(text: &str) -> (Option<RuleFileSpec>, Vec<SpecError>) {
             other => errors.push(SpecError::new(
                 key_span,
                 format!(
-                    "unknown top-level key `{other}`, expected one of `schema`, `guard`, `rule`"
+                    "unknown top-level key `{other}`, expected one of `schema`, `lists`, `guard`, `rule`"
                 ),
             )),
         }
@@ -304,58 +280,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_rules_and_guards_with_spans() {
-        let text = r#"schema = 1
+    fn reads_rules_guards_and_lists_with_spans() {
+        let text = r#"schema = 2
+
+[lists]
+gone = ["not_in_channel", "channel_not_found"]
 
 [[guard]]
 name = "slack.ratelimited"
 [guard.when]
-json = [{ path = "error", equals = "ratelimited" }]
+all = [{ source = "json", path = "error", equals = "ratelimited" }]
 
 [[rule]]
 id = "slack.not_in_channel"
 class = "lost_access"
 description = "Removed."
 [rule.when]
-status = [200, "400-499"]
-json = [{ path = "error", one_of = ["not_in_channel"] }]
+all = [
+  { source = "status", one_of = [200, "400-499"] },
+  { any = [{ source = "json", path = "error", one_of = "gone" }] },
+]
 "#;
         let (spec, errors) = parse_rule_file(text);
         assert_eq!(errors, vec![]);
         let spec = spec.unwrap();
-        assert_eq!(spec.schema.as_ref().map(|s| *s.get_ref()), Some(1));
+        assert_eq!(spec.schema.as_ref().map(|s| *s.get_ref()), Some(2));
         assert_eq!(spec.guards.len(), 1);
+        assert_eq!(&text[spec.lists[0].0.span()], "gone");
+        assert_eq!(spec.lists[0].1.get_ref().len(), 2);
         let rule = &spec.rules[0].spec;
         assert_eq!(&text[rule.id.span()], "\"slack.not_in_channel\"");
-        let status = rule.when.status.as_ref().unwrap();
-        assert_eq!(&text[status.get_ref()[1].span()], "\"400-499\"");
-        let json = rule.when.json.as_ref().unwrap();
-        assert_eq!(&text[json[0].path.span()], "\"error\"");
+        let Some(ItemValue::Group(items)) = rule.when.get("all") else {
+            panic!("`all` is a group");
+        };
+        let status = items.get_ref()[0].get_ref();
+        let Some(ItemValue::Value(codes)) = status.get("one_of") else {
+            panic!("one_of is a value");
+        };
+        assert_eq!(&text[codes.span()], "[200, \"400-499\"]");
+        let Some(ItemValue::Group(inner)) = items.get_ref()[1].get_ref().get("any") else {
+            panic!("nested `any`");
+        };
+        let key = &inner.get_ref()[0].get_ref().entries[1].0;
+        assert_eq!(&text[key.span()], "path");
     }
 
     #[test]
     fn collects_errors_from_several_rules() {
-        let text = r#"schema = 1
+        let text = r#"schema = 2
 [[rule]]
 id = "a"
-class = "lost_access"
+clas = "lost_access"
 description = "x"
 [rule.when]
-staus = [200]
+all = []
 
 [[rule]]
 id = "b"
-clas = "lost_access"
-description = "x"
-when = { status = [200] }
+class = "lost_access"
+descriptin = "x"
+when = { all = [] }
 "#;
         let (spec, errors) = parse_rule_file(text);
         assert!(spec.unwrap().rules.is_empty());
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].message.contains("unknown field `staus`"));
-        assert_eq!(&text[errors[0].span.clone().unwrap()], "staus");
-        assert!(errors[1].message.contains("unknown field `clas`"));
-        assert_eq!(&text[errors[1].span.clone().unwrap()], "clas");
+        assert!(errors[0].message.contains("unknown field `clas`"));
+        assert_eq!(&text[errors[0].span.clone().unwrap()], "clas");
+        assert!(errors[1].message.contains("unknown field `descriptin`"));
+        assert_eq!(&text[errors[1].span.clone().unwrap()], "descriptin");
     }
 
     #[test]
@@ -369,7 +361,7 @@ when = { status = [200] }
 
     #[test]
     fn rejects_unknown_top_level_keys() {
-        let text = "schema = 1\nrules = []\n";
+        let text = "schema = 2\nrules = []\n";
         let (_, errors) = parse_rule_file(text);
         assert_eq!(errors.len(), 1);
         assert_eq!(&text[errors[0].span.clone().unwrap()], "rules");
