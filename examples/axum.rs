@@ -137,7 +137,8 @@ async fn run() -> Result<(StatusCode, serde_json::Value), BoxError> {
 async fn main() -> Result<(), BoxError> {
     let (status, body) = run().await?;
     println!("/notify answered {status}: {body}");
-    if status != haltgate::halt::HALT_STATUS || body["rule"] != "slack.not_in_channel" {
+    // Slack's dialect: HTTP 200 with `ok: false`, the halt's fields under `haltgate`.
+    if body["ok"] != false || body["haltgate"]["rule"] != "slack.not_in_channel" {
         return Err("expected the halt for slack.not_in_channel".into());
     }
     Ok(())
@@ -148,10 +149,14 @@ mod tests {
     #[tokio::test]
     async fn the_outbound_call_comes_back_as_a_halt() {
         let (status, body) = super::run().await.unwrap();
-        assert_eq!(status, haltgate::halt::HALT_STATUS);
-        assert_eq!(body["halted"], true);
-        assert_eq!(body["class"], "lost_access");
-        assert_eq!(body["rule"], "slack.not_in_channel");
-        assert_eq!(body["upstream_status"], 200);
+        // Slack SDKs raise `ok: false` at once and never retry it.
+        assert_eq!(status, http::StatusCode::OK);
+        assert_eq!(body["ok"], false);
+        assert_eq!(body["error"], "haltgate_lost_access");
+        let halt = &body["haltgate"];
+        assert_eq!(halt["halted"], true);
+        assert_eq!(halt["class"], "lost_access");
+        assert_eq!(halt["rule"], "slack.not_in_channel");
+        assert_eq!(halt["upstream_status"], 200);
     }
 }

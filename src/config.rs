@@ -82,7 +82,7 @@ pub struct RulesReloadSpec {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StormSpec {
-    /// Distinct sessions (or credentials, for requests without a session); `0` turns it off.
+    /// Distinct credentials (sessions, for requests without one); `0` turns it off.
     pub max_closures_per_minute: Option<u32>,
     /// e.g. `"10m"`.
     pub cool_down: Option<String>,

@@ -259,7 +259,7 @@ struct ServeArgs {
     /// Refuse to start when a route has no rule file or a rule file has no route.
     #[arg(long)]
     strict: bool,
-    /// Distinct sessions one provider may close per minute before its halting rules act as
+    /// Distinct credentials (else sessions) one provider may close or block per minute before its halting rules act as
     /// shadow rules for the cool-down; 0 turns this off [default: 50].
     #[arg(long, value_name = "N")]
     storm_max_closures_per_minute: Option<u32>,

@@ -310,11 +310,13 @@ impl SessionGate {
 
         let credential = matched.credentials.first();
         if let Some(storm) = &self.storm {
-            // Distinct sessions count; without one, distinct credentials.
+            // Distinct credentials count, else distinct sessions: an outage fails many
+            // credentials at once, while one revoked bot token legitimately closes every
+            // session that used it.
             let fingerprint = credential.and_then(|presented| self.fingerprint(presented));
-            let subject = match (session, &fingerprint) {
-                (Some(session), _) => session.id.as_str(),
-                (None, Some(fingerprint)) => fingerprint.as_str(),
+            let subject = match (&fingerprint, session) {
+                (Some(fingerprint), _) => fingerprint.as_str(),
+                (None, Some(session)) => session.id.as_str(),
                 (None, None) => "-",
             };
             if storm.admit(&matched.provider, subject, Instant::now()) == Admit::Shadow {

@@ -1,6 +1,8 @@
-//! The storm breaker: when one provider's rules would close more distinct sessions (or block
-//! more distinct credentials) in a minute than configured, that provider's halting rules act
-//! as shadow rules for a cool-down.
+//! The storm breaker: when one provider's rules would close or block for more distinct
+//! credentials (sessions, for requests without one) in a minute than configured, that
+//! provider's halting rules act as shadow rules for a cool-down. Credentials count rather
+//! than sessions: a revoked bot token rightly closes every session that used it, while an
+//! outage fails many credentials at once.
 //!
 //! An outage of a provider's auth service can answer `invalid_auth` to every credential at
 //! once; closing every session then turns an outage into a stampede of re-authorizations.
@@ -35,7 +37,7 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// `[storm]`, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StormSettings {
-    /// Distinct sessions or credentials one provider may close or block per minute; 0 turns
+    /// Distinct credentials (else sessions) one provider may close or block per minute; 0 turns
     /// the breaker off.
     pub max_closures_per_minute: u32,
     pub cool_down: Duration,

@@ -241,7 +241,7 @@ fn stream_rules() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("feed.toml"),
-        r#"schema = 1
+        r#"schema = 2
 
 [[rule]]
 id = "feed.not_in_channel"
@@ -249,7 +249,7 @@ class = "lost_access"
 description = "An event reports the bot left the channel."
 reason = "The bot is no longer in the channel."
 [rule.when]
-json = [{ path = "error", equals = "not_in_channel" }]
+all = [{ source = "json", path = "error", equals = "not_in_channel" }]
 "#,
     )
     .unwrap();

@@ -18,7 +18,7 @@ class = "lost_access"
 mode = "shadow"
 description = "Watches successful posts (test only)."
 [rule.when]
-json = [{ path = "ok", equals = true }]
+all = [{ source = "json", path = "ok", equals = true }]
 "#;
 
 /// The shipped rules plus [`SHADOW_RULE`], in a directory of their own.

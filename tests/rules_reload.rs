@@ -31,14 +31,13 @@ class = "stale_session"
 description = "Test rule."
 enabled = {enabled}
 [rule.when]
-status = [200]
-json = [{{ path = "error", equals = "{marker}" }}]
+all = [{{ source = "status", equals = 200 }}, {{ source = "json", path = "error", equals = "{marker}" }}]
 "#
     )
 }
 
 fn rule_file(rules: &[String]) -> String {
-    format!("schema = 1\n{}", rules.concat())
+    format!("schema = 2\n{}", rules.concat())
 }
 
 fn edits(marker: &str) -> String {
@@ -361,7 +360,7 @@ async fn a_broken_edit_keeps_its_old_version_names_its_line_and_lets_other_files
     let broken = edits("e2").replace(r#"equals = "e2" "#, "equals = ");
     assert_eq!(
         broken.lines().nth(9).unwrap(),
-        r#"json = [{ path = "error", equals = }]"#
+        r#"all = [{ source = "status", equals = 200 }, { source = "json", path = "error", equals = }]"#
     );
     std::fs::write(dir.path().join("edits.toml"), broken).unwrap();
     std::fs::write(
@@ -592,7 +591,7 @@ async fn a_start_with_a_broken_file_uses_the_last_good_copy_and_says_so() {
     let kept = state.path().join("haltgate-rules-last-good/edits.toml");
     assert_eq!(std::fs::read_to_string(&kept).unwrap(), edits("e1"));
 
-    std::fs::write(dir.path().join("edits.toml"), "schema = 1\n[[rule]\n").unwrap();
+    std::fs::write(dir.path().join("edits.toml"), "schema = 2\n[[rule]\n").unwrap();
     let proxy = start_proxy_with(spec(), flags(dir.path(), &routes), state).await;
     assert!(live(proxy.agent_addr(), "edits", "e1", 0).await);
     let status = rules_status(&proxy).await;
@@ -604,7 +603,7 @@ async fn a_start_with_a_broken_file_uses_the_last_good_copy_and_says_so() {
     let state = proxy.stop().await;
 
     // A broken file with no last good copy refuses the start.
-    std::fs::write(dir.path().join("fresh.toml"), "schema = 1\n[[rule]\n").unwrap();
+    std::fs::write(dir.path().join("fresh.toml"), "schema = 2\n[[rule]\n").unwrap();
     let mut flags = flags(dir.path(), &routes);
     flags.store = Some(format!(
         "redb:{}",

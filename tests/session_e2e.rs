@@ -593,9 +593,10 @@ async fn a_stale_resume_inside_an_event_stream_resets_resume_and_streams_on() {
         .header("content-type", "application/json")
         .header("authorization", "Bearer sk-ant-REDACTED")
         .header("x-haltgate-session", "a1")
-        .body(body::full(
-            case["request"]["body"].as_str().unwrap().to_owned(),
-        ))
+        .body(body::full(match &case["request"]["body"] {
+            Value::String(text) => text.clone(),
+            structured => structured.to_string(),
+        }))
         .unwrap();
     let response = client().request(request).await.unwrap();
     assert_eq!(response.status(), 200);

@@ -158,3 +158,36 @@ async fn halting_resumes_after_the_cool_down() {
     assert!(halted);
     assert_eq!(status, "closed");
 }
+
+/// One bot token removed from every session's channel is one credential, not an outage:
+/// every session that used it closes, however many there are, and the breaker stays shut.
+#[tokio::test]
+async fn one_credential_closing_many_sessions_never_trips_the_breaker() {
+    let upstream = start_upstream(slack_upstream()).await;
+    let proxy = storm_proxy(&upstream, "10m").await;
+
+    for i in 0..LIMIT * 3 {
+        let session = format!("kicked-{i}");
+        open_session(&proxy, &session).await;
+        let request = Request::post(format!(
+            "http://{}/slack/api/chat.postMessage?mode=kick",
+            proxy.agent_addr()
+        ))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("authorization", "Bearer xoxb-REDACTED-one-bot")
+        .header("x-haltgate-session", &session)
+        .body(body::full(
+            json!({"channel": CHANNEL, "text": "hello"}).to_string(),
+        ))
+        .unwrap();
+        let (_, headers, _) = send(request).await;
+        assert_eq!(headers["x-haltgate-halt"], "lost_access", "session {i}");
+        let (_, record) = control(&proxy, "GET", &format!("/v1/sessions/{session}"), None).await;
+        assert_eq!(record["status"], "closed", "session {i}");
+    }
+    assert_eq!(metric(&proxy, "haltgate_storm_breaker_open").await, 0.0);
+    assert_eq!(
+        metric(&proxy, "haltgate_storm_breaker_trips_total").await,
+        0.0
+    );
+}

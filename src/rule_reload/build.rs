@@ -313,11 +313,11 @@ mod tests {
     use super::*;
 
     fn rule_file(ids: &[&str]) -> String {
-        let mut text = String::from("schema = 1\n");
+        let mut text = String::from("schema = 2\n");
         for id in ids {
             text.push_str(&format!(
                 "[[rule]]\nid = \"{id}\"\nclass = \"lost_access\"\ndescription = \"t\"\n\
-                 [rule.when]\njson = [{{ path = \"error\", equals = \"{id}\" }}]\n"
+                 [rule.when]\nall = [{{ source = \"json\", path = \"error\", equals = \"{id}\" }}]\n"
             ));
         }
         text
@@ -377,7 +377,7 @@ mod tests {
         let set = compiled(&kept);
         let now = snapshot(&[
             ("a.toml", rule_file(&["a.one"])),
-            ("new.toml", "schema = 1\n[[rule]\n".to_owned()),
+            ("new.toml", "schema = 2\n[[rule]\n".to_owned()),
         ]);
         let built = build(dir, &kept, Some(&set), &now, Phase::Start, 1024).unwrap();
         assert_eq!(built.changed, vec!["a.toml".to_owned()]);
