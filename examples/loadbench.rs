@@ -2006,6 +2006,21 @@ impl Report<'_> {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        let busy_before = self
+            .load_before
+            .split_whitespace()
+            .next()
+            .and_then(|l| l.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if busy_before > 0.3 * online_cores() as f64 {
+            let _ = writeln!(
+                r,
+                "- **the machine was busy before the run** (1-minute load {busy_before:.2} on {} \
+                 cores): other work shared the pinned cores, so latencies and rates are noisy; \
+                 rerun on a quiet machine before comparing absolutes",
+                online_cores()
+            );
+        }
         if self.bench.pinned {
             let _ = writeln!(
                 r,
