@@ -186,7 +186,14 @@ fn main() {
         pinned,
         progress: Progress::new(),
     };
-    let report = runtime.block_on(bench.run());
+    // Ctrl-C drops the run, and with it every child process (each stops when dropped).
+    let report = runtime.block_on(async {
+        tokio::select! {
+            report = bench.run() => Some(report),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let report = report.unwrap_or_else(|| fail("interrupted"));
     let path = args.out.join("report.md");
     std::fs::write(&path, report).expect("write the report");
     eprintln!("report: {}", path.display());
@@ -197,15 +204,18 @@ fn build_haltgate() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     eprintln!("building haltgate (release) ...");
+    // Built with this example, the binary shares its dependency features, so after
+    // `cargo run --release --example loadbench` this build has nothing left to do.
     let status = Command::new(cargo)
         .args([
             "build",
             "--release",
             "--bin",
             "haltgate",
-            "--manifest-path",
-            manifest,
+            "--example",
+            "loadbench",
         ])
+        .args(["--manifest-path", manifest])
         .status()
         .unwrap_or_else(|e| fail(&format!("cannot run cargo: {e}")));
     if !status.success() {
@@ -251,20 +261,24 @@ fn pin_self(core: usize) {
     unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
 }
 
-/// Pins the child to `core` between fork and exec, so every thread it starts stays there.
+/// Between fork and exec: pins the child to `core`, so every thread it starts stays there,
+/// and has it terminated if this process dies first (an aborted run leaves nothing running).
 fn pin_child(command: &mut Command, core: Option<usize>) {
-    if let Some(core) = core {
-        let set = cpu_set(core);
-        // SAFETY: sched_setaffinity is async-signal-safe and only reads `set`, copied into
-        // the closure.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+    let set = core.map(cpu_set);
+    // SAFETY: prctl and sched_setaffinity are async-signal-safe; `set` is copied into the
+    // closure.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(set) = &set {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
-            });
-        }
+            }
+            Ok(())
+        });
     }
 }
 
@@ -798,7 +812,8 @@ async fn start_redis(dir: &Path, core: Option<usize>) -> Option<Redis> {
         .arg("--logfile")
         .arg(dir.join("redis.log"))
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     pin_child(&mut command, core);
     let process = Proc {
         child: command.spawn().ok()?,
