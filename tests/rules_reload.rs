@@ -356,10 +356,10 @@ async fn a_broken_edit_keeps_its_old_version_names_its_line_and_lets_other_files
     let agent = proxy.agent_addr();
     let version = rules_status(&proxy).await["version"].clone();
 
-    // Line 10 lost its value.
+    // Line 9 lost its value.
     let broken = edits("e2").replace(r#"equals = "e2" "#, "equals = ");
     assert_eq!(
-        broken.lines().nth(9).unwrap(),
+        broken.lines().nth(8).unwrap(),
         r#"all = [{ source = "status", equals = 200 }, { source = "json", path = "error", equals = }]"#
     );
     std::fs::write(dir.path().join("edits.toml"), broken).unwrap();
@@ -384,12 +384,12 @@ async fn a_broken_edit_keeps_its_old_version_names_its_line_and_lets_other_files
         error["file"].as_str().unwrap().ends_with("edits.toml"),
         "{report}"
     );
-    assert_eq!(error["line"], 10, "{report}");
+    assert_eq!(error["line"], 9, "{report}");
     assert!(
         error["location"]
             .as_str()
             .unwrap()
-            .contains("edits.toml:10:"),
+            .contains("edits.toml:9:"),
         "{report}"
     );
     assert!(live(agent, "edits", "e1", 0).await, "the old version stays");
@@ -402,7 +402,7 @@ async fn a_broken_edit_keeps_its_old_version_names_its_line_and_lets_other_files
     assert_eq!(file_status(&status, "edits.toml")["state"], "kept");
     assert_eq!(file_status(&status, "other.toml")["state"], "live");
     assert_eq!(status["last_reload"]["outcome"], "partial");
-    assert_eq!(status["last_reload"]["errors"][0]["line"], 10);
+    assert_eq!(status["last_reload"]["errors"][0]["line"], 9);
 
     // A sound file whose recorded case no longer passes is refused too.
     let cases = dir.path().join("tests/edits");

@@ -167,8 +167,9 @@ async fn a_matching_response_becomes_a_halt() {
     );
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(json["halted"], true);
-    assert_eq!(json["upstream_status"], 200);
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["haltgate"]["halted"], true);
+    assert_eq!(json["haltgate"]["upstream_status"], 200);
 
     // Another channel's error says nothing about this session: it passes unchanged.
     handle.allow(1);
