@@ -245,28 +245,14 @@ impl Pending {
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
         if encoded {
             let refusal = SyntheticResponse::body_not_checkable("encoded");
-            return answer(
-                Refusal::Error(refusal),
-                self.dialect,
-                HaltRequest::default(),
-                &shared,
-            )
-            .resolve()
-            .await;
+            return Ok(refusal.into_response());
         }
         let buffered = Buffered::read(&mut body, limit).await;
         match buffered.end {
             BufferEnd::Ended => {}
             BufferEnd::Cut => {
                 let refusal = SyntheticResponse::body_not_checkable("larger than max_body_bytes");
-                return answer(
-                    Refusal::Error(refusal),
-                    self.dialect,
-                    HaltRequest::default(),
-                    &shared,
-                )
-                .resolve()
-                .await;
+                return Ok(refusal.into_response());
             }
             BufferEnd::Failed(error) => return Err(error),
         }
@@ -281,14 +267,7 @@ impl Pending {
         match admission {
             Admission::NeedsBody => {
                 let refusal = SyntheticResponse::body_not_checkable("not readable as a form");
-                answer(
-                    Refusal::Error(refusal),
-                    self.dialect,
-                    HaltRequest::default(),
-                    &shared,
-                )
-                .resolve()
-                .await
+                Ok(refusal.into_response())
             }
             Admission::Forward => {
                 let body = body::boxed(buffered.into_replay(body));
