@@ -20,9 +20,6 @@ fn lost_access() -> Closure {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about one run in three the cluster client never relearns the slots of the dead \
-            master (its requests time out for minutes), so the outbox cannot drain; run with \
-            --ignored to reproduce"]
 async fn no_acknowledged_closure_is_lost_when_a_master_dies() {
     let mut cluster = RedisCluster::start_with_replicas(3, 1, "1000");
     let _ = tracing_subscriber::fmt()

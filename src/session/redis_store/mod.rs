@@ -92,7 +92,10 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: Conn,
+    /// The connection writes go through; replaced when a Cluster connection stays stuck.
+    conn: std::sync::RwLock<Conn>,
+    /// Failed calls in a row, and when the Cluster connection was last replaced.
+    stuck: std::sync::Mutex<Stuck>,
     keys: Keys,
     options: RedisOptions,
     subscribe_nodes: Vec<String>,
@@ -141,6 +144,19 @@ impl ConnectionLike for Conn {
         }
     }
 }
+
+/// Failed calls in a row on the shared connection.
+#[derive(Default)]
+struct Stuck {
+    failures: u32,
+    replaced_at: Option<std::time::Instant>,
+}
+
+/// Failures in a row after which a Cluster connection is replaced: the cluster client can keep
+/// a dead master's slots after a failover and time out on them for minutes.
+const STUCK_AFTER: u32 = 3;
+/// At most one replacement this often.
+const REPLACE_EVERY: Duration = Duration::from_secs(5);
 
 /// Sorts Redis failures into retryable (the store is away) and final ones.
 fn classify(err: RedisError) -> StoreError {
@@ -223,7 +239,8 @@ impl RedisStore {
         };
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                conn,
+                conn: std::sync::RwLock::new(conn),
+                stuck: std::sync::Mutex::new(Stuck::default()),
                 keys: Keys::new(&options.prefix),
                 options,
                 subscribe_nodes,
@@ -239,11 +256,58 @@ impl Inner {
         &self,
         call: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.options.op_timeout, call).await {
+        let result = match tokio::time::timeout(self.options.op_timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(classify(err)),
             Err(_) => Err(StoreError::Timeout(self.options.op_timeout)),
+        };
+        self.note_outcome(&result);
+        result
+    }
+
+    fn conn(&self) -> Conn {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counts failures in a row; a Cluster connection that keeps failing is replaced by one
+    /// that learns the slot map afresh from the seed nodes.
+    fn note_outcome<T>(&self, result: &Result<T, StoreError>) {
+        let away = matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+        );
+        let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        if !away {
+            stuck.failures = 0;
+            return;
         }
+        stuck.failures += 1;
+        let Probe::Cluster(client) = &self.probe else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let recently = stuck
+            .replaced_at
+            .is_some_and(|at| now.duration_since(at) < REPLACE_EVERY);
+        if stuck.failures < STUCK_AFTER || recently {
+            return;
+        }
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(self.options.connect_timeout)
+            .set_response_timeout(self.options.op_timeout);
+        *self.conn.write().unwrap_or_else(|e| e.into_inner()) =
+            Conn::Cluster(client.get_pending_async_connection_with_config(config));
+        stuck.replaced_at = Some(now);
+        stuck.failures = 0;
+        tracing::warn!("Redis Cluster calls kept failing; connecting afresh to relearn the slots.");
+    }
+
+    /// True while a `WAIT` could run on a connection other than the one earlier writes went
+    /// through: `WAIT` confirms only the writes of its own connection.
+    fn replaced_lately(&self) -> bool {
+        let window = self.options.op_timeout + self.options.replica_ack_timeout + REPLACE_EVERY;
+        let stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        stuck.replaced_at.is_some_and(|at| at.elapsed() < window)
     }
 
     async fn eval<T: FromRedisValue>(
@@ -259,7 +323,7 @@ impl Inner {
         for arg in args {
             invocation.arg(arg);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.timed(async move { invocation.invoke_async(&mut conn).await })
             .await
     }
@@ -347,6 +411,14 @@ impl Inner {
         if required == 0 {
             return Ok(());
         }
+        if self.replaced_lately() {
+            // Writes made on the replaced connection cannot be confirmed on this one: they
+            // stay in the outbox, whose replay writes them again here.
+            return Err(StoreError::Unavailable(
+                "the connection was replaced; earlier writes are confirmed by their replay"
+                    .to_owned(),
+            ));
+        }
         let timeout = self.options.replica_ack_timeout;
         let acked: u64 = self
             .command(
@@ -365,7 +437,7 @@ impl Inner {
     }
 
     async fn command<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.timed(async move { cmd.query_async(&mut conn).await })
             .await
     }
