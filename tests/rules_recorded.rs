@@ -122,7 +122,10 @@ fn a_halt_on_a_pass_or_stale_label_fails_and_misses_are_listed() {
     assert_eq!(figures.stale_halted, 1, "{shown}");
     assert!(shown.contains("FALSE HALT relabelled-pass (slack, status 200): labelled pass (firm), decided lost_access by slack.not_in_channel"), "{shown}");
     assert!(shown.contains("FALSE HALT relabelled-stale "), "{shown}");
-    assert!(shown.contains("not recognised relabelled-credential "), "{shown}");
+    assert!(
+        shown.contains("not recognised relabelled-credential "),
+        "{shown}"
+    );
     let firm_recognised = usize::from(halting["firm"] == true);
     assert_eq!(figures.firm_halting, firm_recognised + 1, "{shown}");
     assert_eq!(figures.firm_halting_recognised, firm_recognised, "{shown}");
@@ -152,7 +155,10 @@ fn unreadable_lines_unknown_providers_labels_and_duplicate_ids_are_errors() {
     assert!(!report.passed(), "{shown}");
     assert_eq!(report.errors.len(), 5, "{shown}");
     assert!(shown.contains("slack.jsonl:2: "), "{shown}");
-    assert!(shown.contains("no rule file for provider `jira`"), "{shown}");
+    assert!(
+        shown.contains("no rule file for provider `jira`"),
+        "{shown}"
+    );
     assert!(shown.contains("label `manual`"), "{shown}");
     assert!(shown.contains("unknown field `labell`"), "{shown}");
     assert!(shown.contains("id `slack-014` already used at "), "{shown}");

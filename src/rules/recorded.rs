@@ -202,9 +202,10 @@ pub fn run(rules: &RuleSet, dir: &Path, max_body_bytes: usize) -> Option<CorpusR
                 }
             };
             if let Some(earlier) = seen.insert(entry.id.clone(), place.clone()) {
-                report
-                    .errors
-                    .push(format!("{place}: id `{}` already used at {earlier}", entry.id));
+                report.errors.push(format!(
+                    "{place}: id `{}` already used at {earlier}",
+                    entry.id
+                ));
             }
             if let Err(error) = decide_entry(rules, max_body_bytes, &stem, entry, &mut report) {
                 report.errors.push(format!("{place}: {error}"));
