@@ -189,6 +189,7 @@ impl RouteTable {
             ("github", "https://api.github.com"),
             ("linear", "https://api.linear.app"),
             ("anthropic", "https://api.anthropic.com"),
+            ("openai", "https://api.openai.com"),
         ]
     }
 

@@ -1,5 +1,7 @@
 //! Rule test cases: `rules/tests/<provider>/*.{json,toml}` and the shared
 //! `rules/tests/transient/*` corpus, run in process against the compiled rules (`haltgate rules test`, `rules explain`).
+//! `rules test` also decides the recorded corpus `rules/recorded/*.jsonl` when it exists
+//! ([`recorded`]).
 //!
 //! A case with `expect.rule = X` is a positive case for X; `not_rules: [X]` a negative one. Every
 //! enabled rule needs both. Transient cases run against every provider and must pass with no rule
@@ -16,7 +18,7 @@ use super::check::readable_dir;
 use super::exchange::{
     default_hosts, resolve_provider, PreparedExchange, RecordedRequest, RecordedResponse,
 };
-use super::{Class, Mode, RuleOutcome, RuleSet, Scope, Verdict};
+use super::{recorded, Class, Mode, RuleOutcome, RuleSet, Scope, Verdict};
 
 /// The sub-directory of `tests/` holding the shared transient corpus.
 pub const TRANSIENT_DIR: &str = "transient";
@@ -78,8 +80,9 @@ struct CaseRun {
 }
 
 /// Runs every case under `dir/tests` against the rules in `dir`, prints each failure with its
-/// explanation, the coverage problems and a summary. True when everything passed and at least
-/// one case ran; `Err` when `dir` cannot be read. Bodies over `max_body_bytes` are uninspected,
+/// explanation, the coverage problems, the recorded corpus's figures and a summary. True when
+/// everything passed (the corpus without a false halt) and at least one case ran; `Err` when
+/// `dir` cannot be read. Bodies over `max_body_bytes` are uninspected,
 /// as in the proxy ([`super::DEFAULT_MAX_BODY_BYTES`] unless configured otherwise).
 pub fn run(dir: &Path, max_body_bytes: usize, out: &mut dyn Write) -> io::Result<bool> {
     readable_dir(dir)?;
@@ -179,8 +182,15 @@ pub fn run(dir: &Path, max_body_bytes: usize, out: &mut dyn Write) -> io::Result
     if !uncovered.is_empty() {
         writeln!(out, "{} enabled rule(s) lack cases", uncovered.len())?;
     }
+    let corpus_ok = match recorded::run(&rules, dir, max_body_bytes) {
+        None => true,
+        Some(report) => {
+            report.print(out)?;
+            report.passed()
+        }
+    };
     writeln!(out, "{passed} passed, {failed} failed")?;
-    Ok(total > 0 && failed == 0 && uncovered.is_empty())
+    Ok(total > 0 && failed == 0 && uncovered.is_empty() && corpus_ok)
 }
 
 /// Case files (`.json` or `.toml`), sorted: `tests/<provider>/*` and `tests/transient/*`.

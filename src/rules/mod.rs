@@ -40,6 +40,7 @@ mod evaluate;
 pub mod exchange;
 mod matcher;
 mod prefilter;
+pub mod recorded;
 pub mod spec;
 
 use std::path::Path;
