@@ -113,7 +113,15 @@ impl StormBreaker {
         let mut providers = self.providers.lock().expect("storm lock");
         let storm = match providers.get_mut(provider) {
             Some(storm) => storm,
-            None => providers.entry(provider.to_owned()).or_default(),
+            None => {
+                // Every series of the provider exists from its first halting match, so a
+                // scraper reads a closed breaker as 0, not as absent.
+                let label = label(provider);
+                self.open.get_or_create(&label).set(0);
+                self.trips.get_or_create(&label).inc_by(0);
+                self.shadowed.get_or_create(&label).inc_by(0);
+                providers.entry(provider.to_owned()).or_default()
+            }
         };
         if self.expire(provider, storm, now) {
             storm.shadowed += 1;

@@ -39,8 +39,22 @@ fn peak_of(work: impl FnOnce()) -> usize {
 const LIMIT: usize = 64 * 1024;
 const MIB: usize = 1 << 20;
 
+/// One test in this binary: the allocation count is global, so nothing may run beside it.
+fn a_bomb_smaller_than_the_limit_is_cut_by_its_decoded_size() {
+    // 32 MiB of zeros compress to far less than the limit: only the decoded size can stop it.
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(&vec![0u8; 32 * MIB]).unwrap();
+    let bomb = e.finish().unwrap();
+    assert!(bomb.len() < LIMIT, "{}", bomb.len());
+    let mut result = None;
+    let peak = peak_of(|| result = Some(decode_bounded(&bomb, &[Coding::Gzip], LIMIT)));
+    assert_eq!(result, Some(Err(Uninspected::TooLarge)));
+    assert!(peak < 4 * LIMIT, "peak heap {peak}");
+}
+
 #[test]
 fn a_gigabyte_bomb_costs_the_limit_plus_the_window() {
+    a_bomb_smaller_than_the_limit_is_cut_by_its_decoded_size();
     // 1 GiB of zeros as gzip, 256 MiB as zstd and br, built from 1 MiB pieces so the test
     // stays quick. The zstd library allocates its window with the C allocator, which this
     // count does not see; `WindowLogMax` caps that window at 8 MiB.
@@ -92,6 +106,8 @@ fn a_gigabyte_bomb_costs_the_limit_plus_the_window() {
                 .try_for_each(|chunk| decoder.feed(chunk, |d| streamed += d.len()));
             assert_eq!(outcome, Err(Uninspected::TooLarge), "{name} streamed");
         });
+        // A step that decodes past the limit is refused whole, so nothing may have come out.
+        assert!(streamed <= LIMIT, "{name}: {streamed}");
         println!(
             "{name}: {} bytes encoded; peak heap {} KiB whole, {} KiB streamed",
             bomb.len(),

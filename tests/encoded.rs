@@ -234,6 +234,7 @@ async fn a_decompression_bomb_passes_uninspected_and_closes_nothing() {
     assert_eq!(session_status(&proxy, "s").await, "open");
     let stats = stats(&proxy).await;
     assert_eq!(stats["uninspected_by_reason"]["too_large"], 1, "{stats}");
+    assert_eq!(stats["inspected"], 0, "{stats}");
 }
 
 /// A rule file for a provider whose events carry Slack-like errors.

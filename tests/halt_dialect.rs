@@ -66,6 +66,8 @@ async fn an_mcp_halt_is_a_json_rpc_error_with_the_request_id() {
     let (status, headers, reply) = send(rpc(&proxy, json!("call-2"), both)).await;
     assert_eq!(status, 200);
     assert_eq!(headers["x-haltgate-halt"], "credential_invalid");
+    assert_eq!(reply["jsonrpc"], "2.0");
+    assert_eq!(reply["error"]["code"], haltgate::halt::MCP_HALT_CODE);
     assert_eq!(reply["id"], "call-2");
     assert_eq!(upstream.hits(), 1);
 

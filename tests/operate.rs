@@ -690,67 +690,21 @@ async fn a_consumer_group_handles_every_closure_exactly_once_across_a_consumer_r
 const CONTROL_TOKEN: &str = "ctl-REDACTED-operate-token-0001";
 const PLANTED: &str = "xoxb-REDACTED-PLANTED-operate";
 
-/// `haltgate --log-format json serve` with its stderr collected as it is written.
-struct Server {
-    child: std::process::Child,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Server {
-    fn start(dir: &std::path::Path, upstream: &Upstream) -> Self {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haltgate"))
-            .current_dir(dir)
-            .args(["--log-format", "json", "serve"])
-            .args(["--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"])
-            .arg("--rules")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
-            .arg("--store")
-            .arg(format!("redb:{}", dir.join("haltgate.redb").display()))
-            .arg("--route")
-            .arg(format!("slack={}", upstream.http_url()))
-            .env("HALTGATE_LOG", "debug")
-            .env("HALTGATE_CONTROL_TOKEN", CONTROL_TOKEN)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("haltgate starts");
-        let stderr = collect_stderr(&mut child);
-        Self { child, stderr }
-    }
-
-    /// Every log line, each one JSON object.
-    fn log_lines(&self) -> Vec<Value> {
-        self.stderr
-            .lock()
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
-            .collect()
-    }
-
-    async fn addresses(&self) -> (std::net::SocketAddr, std::net::SocketAddr) {
-        within(std::time::Duration::from_secs(20), async {
-            loop {
-                let serving = self
-                    .log_lines()
-                    .into_iter()
-                    .find(|l| l["fields"]["message"] == "haltgate is serving.");
-                if let Some(line) = serving {
-                    let addr = |name: &str| line["fields"][name].as_str().unwrap().parse().unwrap();
-                    return (addr("agent_addr"), addr("control_addr"));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `haltgate --log-format json serve` on the shipped rules and a redb store in `dir`.
+fn start_binary(dir: &std::path::Path, upstream: &Upstream) -> BinaryProxy {
+    let mut command = BinaryProxy::command(dir);
+    command
+        .args(["--log-format", "json", "serve"])
+        .args(["--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"])
+        .arg("--rules")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
+        .arg("--store")
+        .arg(format!("redb:{}", dir.join("haltgate.redb").display()))
+        .arg("--route")
+        .arg(format!("slack={}", upstream.http_url()))
+        .env("HALTGATE_LOG", "debug")
+        .env("HALTGATE_CONTROL_TOKEN", CONTROL_TOKEN);
+    BinaryProxy::spawn(command)
 }
 
 /// Runs `haltgate ARGS --control URL` with the control token; exit success, stdout, stderr.
@@ -794,7 +748,7 @@ fn agent_post(agent: std::net::SocketAddr, session: &str, mode: &str) -> Request
 async fn json_logs_carry_the_request_span_and_the_cli_drives_the_control_api() {
     let upstream = start_upstream(slack_upstream()).await;
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &upstream);
+    let server = start_binary(dir.path(), &upstream);
     let (agent, control) = server.addresses().await;
     let token = Some(CONTROL_TOKEN);
     within(std::time::Duration::from_secs(10), async {
@@ -909,7 +863,7 @@ async fn json_logs_carry_the_request_span_and_the_cli_drives_the_control_api() {
     assert_eq!(matched["span"]["name"], "request");
     assert_eq!(matched["span"]["route"], "slack");
     assert_eq!(matched["span"]["rule"], "slack.write_to_gone_channel");
-    let log = server.stderr.lock().unwrap().clone();
+    let log = server.log();
     assert!(!log.contains(PLANTED), "planted token in the logs");
     assert!(!log.contains(CONTROL_TOKEN), "control token in the logs");
 }

@@ -31,6 +31,11 @@ fn no_recorded_response_halts_falsely() {
     let shown = printed(&report);
     assert!(report.errors.is_empty(), "{shown}");
     assert!(report.false_halts.is_empty(), "{shown}");
+    let entries: usize = report.providers.values().map(|f| f.entries).sum();
+    assert!(
+        entries >= 200,
+        "the corpus was read: {entries} entries\n{shown}"
+    );
     for (provider, figures) in &report.providers {
         assert_eq!(figures.false_halts, 0, "{provider}: {shown}");
         assert_eq!(figures.stale_halted, 0, "{provider}: {shown}");

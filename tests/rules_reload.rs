@@ -682,62 +682,24 @@ async fn routes_without_rules_and_rule_files_without_routes_warn_and_strict_refu
 
 const CONTROL_TOKEN: &str = "ctl-REDACTED-reload-token-00001";
 
-struct Server {
-    child: std::process::Child,
-    stderr: Arc<std::sync::Mutex<String>>,
-}
-
-impl Server {
-    fn start(state: &Path, rules: &Path, upstream: &Upstream, extra: &[&str]) -> Self {
-        std::fs::write(
-            state.join("haltgate.toml"),
-            "[rules_reload]\nwatch = false\npoll_interval = \"0\"\n",
-        )
-        .unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haltgate"))
-            .current_dir(state)
-            .args(["--log-format", "json", "serve"])
-            .args(["--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"])
-            .arg("--rules")
-            .arg(rules)
-            .arg("--route")
-            .arg(format!("edits={}", upstream.http_url()))
-            .args(extra)
-            .env("HALTGATE_CONTROL_TOKEN", CONTROL_TOKEN)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("haltgate starts");
-        let stderr = collect_stderr(&mut child);
-        Self { child, stderr }
-    }
-
-    async fn addresses(&self) -> (std::net::SocketAddr, std::net::SocketAddr) {
-        within(Duration::from_secs(20), async {
-            loop {
-                let serving = self
-                    .stderr
-                    .lock()
-                    .unwrap()
-                    .lines()
-                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                    .find(|l| l["fields"]["message"] == "haltgate is serving.");
-                if let Some(line) = serving {
-                    let addr = |name: &str| line["fields"][name].as_str().unwrap().parse().unwrap();
-                    return (addr("agent_addr"), addr("control_addr"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The binary with a config that leaves reloads to SIGHUP and the API.
+fn start_binary(state: &Path, rules: &Path, upstream: &Upstream, extra: &[&str]) -> BinaryProxy {
+    std::fs::write(
+        state.join("haltgate.toml"),
+        "[rules_reload]\nwatch = false\npoll_interval = \"0\"\n",
+    )
+    .unwrap();
+    let mut command = BinaryProxy::command(state);
+    command
+        .args(["--log-format", "json", "serve"])
+        .args(["--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"])
+        .arg("--rules")
+        .arg(rules)
+        .arg("--route")
+        .arg(format!("edits={}", upstream.http_url()))
+        .args(extra)
+        .env("HALTGATE_CONTROL_TOKEN", CONTROL_TOKEN);
+    BinaryProxy::spawn(command)
 }
 
 async fn post_reload(control: std::net::SocketAddr, token: Option<&str>) -> (u16, Value) {
@@ -755,7 +717,7 @@ async fn sighup_and_the_control_api_reload_the_running_binary() {
     let upstream = start_upstream(echo_upstream()).await;
     let rules = rules_dir(&[("edits.toml", edits("e1"))]);
     let state = tempfile::tempdir().unwrap();
-    let server = Server::start(state.path(), rules.path(), &upstream, &[]);
+    let server = start_binary(state.path(), rules.path(), &upstream, &[]);
     let (agent, control) = server.addresses().await;
     eventually("ready", Duration::from_secs(10), async || {
         client()
@@ -825,7 +787,7 @@ async fn strict_refuses_to_start_the_binary_on_a_route_without_rules() {
     let upstream = start_upstream(echo_upstream()).await;
     let rules = rules_dir(&[("other.toml", rule_file(&[rule("other.marker", "o1", true)]))]);
     let state = tempfile::tempdir().unwrap();
-    let mut server = Server::start(state.path(), rules.path(), &upstream, &["--strict"]);
+    let mut server = start_binary(state.path(), rules.path(), &upstream, &["--strict"]);
     let status = within(Duration::from_secs(20), async {
         loop {
             if let Some(status) = server.child.try_wait().unwrap() {
@@ -836,7 +798,7 @@ async fn strict_refuses_to_start_the_binary_on_a_route_without_rules() {
     })
     .await;
     assert!(!status.success());
-    let stderr = server.stderr.lock().unwrap().clone();
+    let stderr = server.log();
     assert!(stderr.contains("route `edits`"), "{stderr}");
     assert!(
         stderr.contains("other.toml is reached by no route"),

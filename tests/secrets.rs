@@ -5,8 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use haltgate::body::{self, ProxyBody};
@@ -32,79 +31,41 @@ fn slack_upstream() -> Handler {
     })
 }
 
-/// The `haltgate serve` process with its stderr collected as it is written.
-struct Server {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
+/// `haltgate serve` on the shipped rules, a redb store in `dir` and `routes`, logging at trace.
+fn start_binary(dir: &std::path::Path, routes: &[(&str, String)]) -> BinaryProxy {
+    let mut command = BinaryProxy::command(dir);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--rules")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
+        .arg("--store")
+        .arg(format!("redb:{}", dir.join("haltgate.redb").display()))
+        .env("HALTGATE_LOG", "trace")
+        .env("HALTGATE_CONTROL_TOKEN", CONTROL_TOKEN);
+    for (name, url) in routes {
+        command.arg("--route").arg(format!("{name}={url}"));
+    }
+    BinaryProxy::spawn(command)
 }
 
-impl Server {
-    fn start(dir: &std::path::Path, routes: &[(&str, String)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_haltgate"));
-        command
-            .current_dir(dir)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--control-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--rules")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
-            .arg("--store")
-            .arg(format!("redb:{}", dir.join("haltgate.redb").display()))
-            .env("HALTGATE_LOG", "trace")
-            .env("HALTGATE_CONTROL_TOKEN", CONTROL_TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, url) in routes {
-            command.arg("--route").arg(format!("{name}={url}"));
-        }
-        let mut child = command.spawn().expect("haltgate starts");
-        let stderr = collect_stderr(&mut child);
-        Self { child, stderr }
-    }
-
-    /// The agent and control addresses, from the "serving" log line.
-    async fn addresses(&self) -> (SocketAddr, SocketAddr) {
-        within(Duration::from_secs(20), async {
-            loop {
-                {
-                    let log = self.stderr.lock().unwrap();
-                    if let Some(line) = log.lines().find(|l| l.contains("haltgate is serving.")) {
-                        let field = |name: &str| -> SocketAddr {
-                            let start = line.find(name).unwrap() + name.len();
-                            line[start..]
-                                .split_whitespace()
-                                .next()
-                                .unwrap()
-                                .parse()
-                                .unwrap()
-                        };
-                        return (field("agent_addr="), field("control_addr="));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-    }
-
-    /// SIGTERM, then waits for the drain to finish.
-    fn stop(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "{exit:?}");
-        // Let the reader thread see the end of the pipe.
-        std::thread::sleep(Duration::from_millis(100));
-        let log = self.stderr.lock().unwrap().clone();
-        log
-    }
+/// SIGTERM, then waits for the drain to finish; the whole log.
+fn stop(mut server: BinaryProxy) -> String {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    // Let the reader thread see the end of the pipe.
+    std::thread::sleep(Duration::from_millis(100));
+    server.log()
 }
 
 fn agent_request(agent: SocketAddr, route_path: &str, session: &str) -> Request<ProxyBody> {
@@ -131,7 +92,7 @@ async fn planted_tokens_never_appear_in_logs_answers_or_state() {
     let upstream = start_upstream(slack_upstream()).await;
     let dead = closed_port().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
+    let server = start_binary(
         dir.path(),
         &[
             ("slack", upstream.http_url()),
@@ -271,7 +232,7 @@ async fn planted_tokens_never_appear_in_logs_answers_or_state() {
     drop(h2);
     h2_connection.abort();
     // Off the runtime, so connections still open can answer the drain.
-    let log = tokio::task::spawn_blocking(move || server.stop())
+    let log = tokio::task::spawn_blocking(move || stop(server))
         .await
         .unwrap();
     assert!(log.contains("TRACE"), "logs were captured at trace level");

@@ -55,10 +55,10 @@ async fn metric(proxy: &TestProxy, name: &str) -> f64 {
         .unwrap();
     let text = String::from_utf8(read_body(response).await.to_vec()).unwrap();
     text.lines()
-        .find(|line| line.starts_with(name) && line.contains("provider=\"slack\""))
+        .find(|line| line.starts_with(&format!("{name}{{")) && line.contains("provider=\"slack\""))
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("{name} is exported for slack:\n{text}"))
 }
 
 #[tokio::test]

@@ -70,13 +70,19 @@ pub fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, Uninspected> {
     for value in headers.get_all(header::CONTENT_ENCODING) {
         let value = value.to_str().map_err(|_| Uninspected::UnknownEncoding)?;
         for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let coding = match token.to_ascii_lowercase().as_str() {
-                "identity" => continue,
-                "gzip" | "x-gzip" => Coding::Gzip,
-                "deflate" => Coding::Deflate,
-                "br" => Coding::Brotli,
-                "zstd" => Coding::Zstd,
-                _ => return Err(Uninspected::UnknownEncoding),
+            let named = |name: &str| token.eq_ignore_ascii_case(name);
+            let coding = if named("identity") {
+                continue;
+            } else if named("gzip") || named("x-gzip") {
+                Coding::Gzip
+            } else if named("deflate") {
+                Coding::Deflate
+            } else if named("br") {
+                Coding::Brotli
+            } else if named("zstd") {
+                Coding::Zstd
+            } else {
+                return Err(Uninspected::UnknownEncoding);
             };
             found.push(coding);
         }
@@ -586,7 +592,7 @@ mod tests {
         let mut seen = 0;
         let result = decoder.feed(&bomb, |d| seen += d.len());
         assert_eq!(result, Err(Uninspected::TooLarge));
-        assert!(seen < 8 << 20);
+        assert!(seen <= 64 * 1024, "{seen}");
         assert_eq!(decoder.feed(b"x", |_| {}), Err(Uninspected::TooLarge));
     }
 }

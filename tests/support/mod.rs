@@ -454,3 +454,78 @@ pub fn collect_stderr(child: &mut std::process::Child) -> Arc<Mutex<String>> {
     });
     collected
 }
+
+/// The real `haltgate` binary as a child process, its stderr collected as it is written;
+/// killed when dropped. Callers give the arguments; the listen addresses are read from the
+/// "haltgate is serving." log line (text or JSON log format).
+pub struct BinaryProxy {
+    pub child: std::process::Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl BinaryProxy {
+    /// Spawns `command` (a `haltgate` command line) with stdout discarded and stderr kept.
+    pub fn spawn(mut command: std::process::Command) -> Self {
+        let mut child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("haltgate starts");
+        let stderr = collect_stderr(&mut child);
+        Self { child, stderr }
+    }
+
+    /// A `haltgate` command running in `dir`.
+    pub fn command(dir: &std::path::Path) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_haltgate"));
+        command.current_dir(dir);
+        command
+    }
+
+    /// Everything written to stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Every log line, each one JSON object (for `--log-format json`).
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+            .collect()
+    }
+
+    /// The agent and control addresses, from the "serving" log line.
+    pub async fn addresses(&self) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        within(Duration::from_secs(20), async {
+            loop {
+                let log = self.log();
+                if let Some(line) = log.lines().find(|l| l.contains("haltgate is serving.")) {
+                    let field = |name: &str| -> std::net::SocketAddr {
+                        if let Ok(json) = serde_json::from_str::<Value>(line) {
+                            return json["fields"][name].as_str().unwrap().parse().unwrap();
+                        }
+                        let key = format!("{name}=");
+                        let start = line.find(&key).unwrap() + key.len();
+                        line[start..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap()
+                            .parse()
+                            .unwrap()
+                    };
+                    return (field("agent_addr"), field("control_addr"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for BinaryProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
