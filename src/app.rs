@@ -163,6 +163,9 @@ impl App {
                     let epoch = loading.epoch_for(&entry.session, entry.closure.epoch);
                     loading.insert_closure(&entry.session, epoch, &entry.closure);
                 }
+                for entry in outbox.pending_blocks_blocking()? {
+                    loading.insert_block(&entry.block);
+                }
                 loading.start_journal();
                 Ok((outbox, local, loaded))
             })

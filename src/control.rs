@@ -6,7 +6,7 @@
 //! | `GET /readyz` | 200 once every check passes, else 503; the body names each check and the failing ones |
 //! | `GET /v1/stats` | counters of the halt layer and the closed set |
 //! | `GET /metrics` | every metric in the Prometheus text format (see [`crate::metrics`]) |
-//! | `PUT /v1/sessions/{id}` | create open, or reopen a closed one at epoch + 1 |
+//! | `PUT /v1/sessions/{id}` | create open, or reopen a closed one at epoch + 1; 503 while replicas do not confirm it (repeat the call) |
 //! | `GET /v1/sessions/{id}` | the record; 404 if unknown |
 //! | `POST /v1/sessions/{id}/close` | manual close, same atomic path as a rule match |
 //! | `POST /v1/sessions/{id}/observe` | decide an exchange seen elsewhere and act on it (see [`crate::observe`]) |
@@ -16,7 +16,7 @@
 //! | `POST /v1/wakeups/{id}/ack` | remove a leased wakeup once its work is done |
 //! | `GET /v1/events?after=CURSOR&limit=N` | one page of the durable event log |
 //! | `GET /v1/credentials` | blocked credentials |
-//! | `DELETE /v1/credentials/{fingerprint}` | unblock |
+//! | `DELETE /v1/credentials/{fingerprint}` | unblock; 503 while replicas do not confirm it, 404 when not blocked |
 //! | `GET /v1/rules` | rules in force: version, rules, per-file status, last reload, route map and warnings |
 //! | `POST /v1/rules/reload` | reload the rule files now; answers the outcome (422 when a file was refused) |
 //! | `POST /v1/storm/{provider}/reset` | close a provider's storm breaker (see [`crate::storm`]) |
@@ -48,7 +48,7 @@ use crate::rule_reload::{RuleReloader, Trigger};
 use crate::rules::RuleSet;
 use crate::session::{
     AddWakeup, Class, CloseDisposition, CloseOutcome, Closure, CredentialBlock, EventCursor,
-    Fingerprint, OpenSpec, SessionId, SessionRecord, StoreError,
+    Fingerprint, OpenSpec, SessionId, SessionRecord, SessionStore, StoreError,
 };
 use crate::session_gate::SessionGate;
 use crate::storm::StormBreaker;
@@ -491,6 +491,9 @@ where
                 spec = spec.with_resume(resume);
             }
             let record = store.open(&id, spec).await?;
+            // A reopen lost with a failed master would let traffic through for a session the
+            // store still has closed: it counts (and is applied here) once replicated.
+            confirm_replicated(store.as_ref(), &format!("session {id}")).await?;
             gate.closed().record(&record);
             Ok(json_response(StatusCode::OK, record_json(&record)))
         }
@@ -598,6 +601,11 @@ where
                 Problem::bad_request(format!("{fingerprint:?} is not a credential fingerprint"))
             })?;
             if store.unblock_credential(&fingerprint).await? {
+                confirm_replicated(
+                    store.as_ref(),
+                    &format!("the unblock of {}", fingerprint.as_str()),
+                )
+                .await?;
                 // This instance stops refusing the credential before the answer goes out.
                 if let Err(error) = gate.closed().catch_up(store.as_ref()).await {
                     tracing::warn!(%error, "Unblock stored; this instance learns it with the next catch-up.");
@@ -617,6 +625,22 @@ where
             StatusCode::NOT_FOUND,
             format!("no control endpoint {method} /v1/{}", path.join("/")),
         )),
+    }
+}
+
+/// An operator's write is reported done only once replicated the configured way (Redis
+/// `WAIT`; at once for redb). Otherwise 503: the write may or may not survive a failover, and
+/// the same call can be repeated (a reopen of a session already open changes nothing).
+async fn confirm_replicated(store: &dyn SessionStore, what: &str) -> Result<(), Problem> {
+    match store.replicated().await {
+        Ok(()) => Ok(()),
+        Err(error) if error.is_retryable() => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{what} was written but the store's replicas have not confirmed it ({error}); it counts only once they do: repeat the call"
+            ),
+        )),
+        Err(error) => Err(error.into()),
     }
 }
 

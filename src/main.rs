@@ -227,7 +227,8 @@ struct ServeArgs {
     /// Directory of rule files [default: ./rules].
     #[arg(long, value_name = "DIR")]
     rules: Option<PathBuf>,
-    /// Session store: redb:PATH or redis://HOST:PORT/DB [default: redb:haltgate.redb].
+    /// Session store: redb:PATH, redis://HOST:PORT/DB, redis+cluster://HOST:PORT,… or
+    /// redis+sentinel://HOST:PORT,…/MASTER_NAME [default: redb:haltgate.redb].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
     /// Outbox file for closures a Redis store could not take yet [default: haltgate-outbox.redb].

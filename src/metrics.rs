@@ -125,7 +125,7 @@ impl SessionStats {
 /// Values read when scraped rather than counted as they happen.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ScrapeGauges {
-    /// Closures waiting in the outbox for a Redis store; 0 without one.
+    /// Closures and credential blocks waiting in the outbox for a Redis store; 0 without one.
     pub outbox_depth: i64,
     pub rules_loaded: i64,
     pub closed_sessions: i64,
@@ -179,7 +179,10 @@ impl Metrics {
             session.store_errors.clone(),
         );
         let gauges = [
-            ("outbox_depth", "Closures waiting in the outbox for Redis"),
+            (
+                "outbox_depth",
+                "Closures and credential blocks waiting in the outbox for Redis",
+            ),
             ("rules_loaded", "Rules in force"),
             ("closed_sessions", "Sessions this instance knows are closed"),
             (

@@ -16,9 +16,9 @@ use crate::halt::{
 };
 use crate::metrics::SessionStats;
 use crate::session::{
-    close_or_enqueue, CloseDisposition, CloseOutcome, ClosedSet, Closure, CredentialBlock,
-    CredentialKey, Detail, Fingerprint, LocalCopy, Outbox, Presented, SessionId, SessionStore,
-    StoreError,
+    block_or_enqueue, close_or_enqueue, BlockDisposition, CloseDisposition, CloseOutcome,
+    ClosedSet, Closure, CredentialBlock, CredentialKey, Detail, Fingerprint, LocalCopy, Outbox,
+    Presented, SessionId, SessionStore, StoreError,
 };
 use crate::storm::{Admit, StormBreaker};
 
@@ -255,9 +255,23 @@ impl SessionGate {
         });
     }
 
+    /// Blocks a credential: in the local set at once, then in the store, or in the outbox
+    /// when a shared store is unreachable. Like a closure, a block the shared store took
+    /// counts as stored once replicated; one the replicas do not confirm goes to the outbox.
     async fn block(&self, block: CredentialBlock) {
         self.closed.insert_block(&block);
-        match self.store.block_credential(block).await {
+        let stored = match &self.outbox {
+            Some(outbox) => match block_or_enqueue(&*self.store, outbox, block.clone()).await {
+                Ok(BlockDisposition::Stored(added)) => {
+                    self.confirm_block_replicated(outbox, block);
+                    Ok(added)
+                }
+                Ok(BlockDisposition::Queued { .. }) => Ok(true),
+                Err(error) => Err(error),
+            },
+            None => self.store.block_credential(block).await,
+        };
+        match stored {
             Ok(true) => {
                 self.stats.credential_blocks.inc();
             }
@@ -267,6 +281,24 @@ impl SessionGate {
                 tracing::error!(%error, "Credential block could not be stored; it holds on this instance.");
             }
         }
+    }
+
+    /// [`SessionGate::confirm_replicated`] for a credential block.
+    fn confirm_block_replicated(&self, outbox: &Outbox, block: CredentialBlock) {
+        let (store, outbox) = (self.store.clone(), outbox.clone());
+        tokio::spawn(async move {
+            let Err(cause) = store.replicated().await else {
+                return;
+            };
+            match outbox.record_block(&block).await {
+                Ok(entry) => {
+                    tracing::warn!(entry, error = %cause, "Credential block not confirmed by replicas; queued in the outbox.")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "Credential block not confirmed by replicas and the outbox cannot take it.")
+                }
+            }
+        });
     }
 
     async fn act(&self, matched: Matched) -> Outcome {

@@ -532,7 +532,13 @@ async fn a_closure_while_redis_is_down_halts_at_once_and_lands_when_redis_return
     let (status, _, _) = send(post_message(&proxy, "d1", None, "ok", "xoxb-REDACTED")).await;
     assert_eq!(status, SLACK_HALT, "halted locally while Redis is down");
     assert_eq!(upstream.hits(), hits);
-    assert_eq!(proxy.gate().outbox().unwrap().len().await.unwrap(), 1);
+    let outbox = proxy.gate().outbox().unwrap();
+    assert_eq!(outbox.pending().await.unwrap().len(), 1, "the closure");
+    assert_eq!(
+        outbox.pending_blocks().await.unwrap().len(),
+        1,
+        "the credential block"
+    );
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -554,6 +560,12 @@ async fn a_closure_while_redis_is_down_halts_at_once_and_lands_when_redis_return
         assert!(Instant::now() < deadline, "outbox not drained");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let (_, listed) = control(&proxy, "GET", "/v1/credentials", None).await;
+    assert_eq!(
+        listed["credentials"].as_array().unwrap().len(),
+        1,
+        "the queued block reached Redis"
+    );
 }
 
 #[tokio::test]

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use haltgate::session::{
-    close_or_enqueue, Class, CloseDisposition, CloseOutcome, Closure, EventKind, OpenSpec, Outbox,
-    RedisOptions, RedisStore, RedisTarget, RelayConfig, SessionId, SessionStatus, SessionStore,
-    StoreError,
+    block_or_enqueue, close_or_enqueue, BlockDisposition, Class, CloseDisposition, CloseOutcome,
+    Closure, CredentialBlock, EventKind, Fingerprint, OpenSpec, Outbox, RedisOptions, RedisStore,
+    RedisTarget, RelayConfig, SessionId, SessionStatus, SessionStore, StoreError,
 };
 use redis_server::RedisServer;
 use serde_json::json;
@@ -117,6 +117,59 @@ async fn closure_survives_a_redis_outage_through_the_outbox() {
     assert_eq!(closes.len(), 1);
     assert_eq!(closes[0].cancelled, Some(1));
     assert!(outbox.dead_letters().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_block_survives_a_redis_outage_next_to_a_closure() {
+    let mut server = RedisServer::start();
+    let store = redis_store(&server, Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let outbox_path = dir.path().join("outbox.redb");
+    let fingerprint = Fingerprint::parse(&"c4".repeat(32)).unwrap();
+    let block = CredentialBlock::new(
+        fingerprint.clone(),
+        Class::CredentialInvalid,
+        "slack.invalid_auth",
+        "token revoked",
+    );
+    let s = SessionId::parse("slack:T1/C7").unwrap();
+
+    server.kill();
+    let outbox = Outbox::open(&outbox_path).unwrap();
+    let queued = block_or_enqueue(store.as_ref(), &outbox, block.clone())
+        .await
+        .unwrap();
+    assert!(
+        matches!(queued, BlockDisposition::Queued { .. }),
+        "{queued:?}"
+    );
+    let closure = Closure::new(Class::CredentialInvalid, "slack.invalid_auth", "revoked");
+    close_or_enqueue(store.as_ref(), &outbox, &s, closure)
+        .await
+        .unwrap();
+
+    // Both kinds are in the file a new process opens, each listed as its own kind.
+    drop(outbox);
+    let outbox = Outbox::open(&outbox_path).unwrap();
+    assert_eq!(outbox.len().await.unwrap(), 2);
+    let blocks = outbox.pending_blocks().await.unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].block, block);
+    assert_eq!(outbox.pending().await.unwrap().len(), 1);
+
+    let relay = outbox.spawn_relay(store.clone(), quick_relay());
+    server.restart();
+    wait_until_empty(&outbox, Duration::from_secs(10)).await;
+    relay.abort();
+    let blocked = store.blocked_credentials().await.unwrap();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].fingerprint, fingerprint);
+    assert!(store.get(&s).await.unwrap().unwrap().is_closed());
+    // A replay of a block already stored changes nothing.
+    let again = block_or_enqueue(store.as_ref(), &outbox, block)
+        .await
+        .unwrap();
+    assert_eq!(again, BlockDisposition::Stored(false));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

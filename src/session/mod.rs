@@ -3,18 +3,19 @@
 //!
 //! # Pieces
 //! - [`SessionStore`]: the trait the proxy and the control API call. Two backends:
-//!   [`RedbStore`] (one node, an embedded file) and [`RedisStore`] (a fleet; standalone Redis
-//!   or Redis Cluster). [`open_store`] picks one from a URL.
+//!   [`RedbStore`] (one node, an embedded file) and [`RedisStore`] (a fleet; standalone Redis,
+//!   Redis Sentinel or Redis Cluster). [`open_store`] picks one from a URL.
 //! - [`ClosedSet`]: the instance-local copy of "which sessions are closed, which credentials
 //!   are blocked", read on every request with no I/O, fed by the store's log.
-//! - [`Outbox`]: a local durable queue of closures the shared store could not take (it was
-//!   down or slow); a relay replays them until the store confirms.
+//! - [`Outbox`]: a local durable queue of closures and credential blocks the shared store
+//!   could not take (it was down or slow) or its replicas did not confirm; a relay replays
+//!   them until the store confirms.
 //! - [`LocalCopy`]: with a shared store, this instance's durable copy of its closed set, so
 //!   a start while the store is down still knows every closure and block it had seen.
 //!
 //! # How the proxy uses it
 //! - At startup: `open_store(url)`; with Redis, `LocalCopy::load_into` and the outbox's
-//!   pending closures first; then `ClosedSet::spawn_feed` (readiness is
+//!   pending closures and blocks first; then `ClosedSet::spawn_feed` (readiness is
 //!   [`ClosedSet::is_ready`]: nothing that names a session or carries a credential is
 //!   forwarded before), `Outbox::spawn_relay` and `LocalCopy::spawn_flusher`.
 //! - Before forwarding a request: [`ClosedSet::check`] and [`ClosedSet::is_blocked`], no I/O.
@@ -35,10 +36,14 @@
 //! - `redis://[user:pass@]HOST:PORT[/DB][?options]`: standalone Redis.
 //! - `redis+cluster://[user:pass@]HOST:PORT,HOST:PORT[?options]`, or `redis://HOST:PORT?cluster=true`:
 //!   Redis Cluster, seeded from the listed nodes.
+//! - `redis+sentinel://[user:pass@]HOST:PORT,HOST:PORT/MASTER_NAME[/DB][?options]`: the master
+//!   the listed sentinels monitor under `MASTER_NAME`, followed through failovers. The user
+//!   and password are the master's; `sentinel_auth=true` sends them to the sentinels too.
 //!
 //! Redis options: `prefix` (key prefix, default `hg`), `timeout_ms` (per operation, default
 //! 1000), `connect_timeout_ms` (default 500), `event_retention` (approximate entries kept per
-//! event stream partition, default 10000).
+//! event stream partition, default 10000), `replicas_to_ack` (`auto` or a number: replicas a
+//! write must reach to count as stored), `replica_ack_timeout_ms` (default 500).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -75,11 +80,12 @@ pub use model::{
     MAX_SCOPE_BYTES,
 };
 pub use outbox::{
-    close_or_enqueue, CloseDisposition, DeadLetter, Outbox, OutboxEntry, RelayConfig,
+    block_or_enqueue, close_or_enqueue, BlockDisposition, BlockEntry, CloseDisposition, DeadBlock,
+    DeadLetter, Outbox, OutboxEntry, RelayConfig,
 };
 pub use redb_file::{check_store_file, repair_store_file};
 pub use redb_store::{RedbOptions, RedbStore};
-pub use redis_store::{RedisOptions, RedisStore, RedisTarget};
+pub use redis_store::{RedisOptions, RedisStore, RedisTarget, SentinelTarget};
 pub use store_url::StoreLocator;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,5 +1,5 @@
-//! [`Outbox`]: closures this instance could not hand to the shared store, kept in a local redb
-//! file until a relay lands them.
+//! [`Outbox`]: closures and credential blocks this instance could not hand to the shared store
+//! (or that its replicas did not confirm), kept in a local redb file until a relay lands them.
 //!
 //! The flow on a classified lost-access response is [`close_or_enqueue`]: try the store
 //! (bounded by its timeout); if it is unavailable, write the closure to the outbox
@@ -9,6 +9,10 @@
 //! then deletes the record. The records alone drive the relay, so it resumes after a restart.
 //! A record the store rejects for good (invalid input, a script error) is moved to the
 //! dead letters and logged instead of being retried forever.
+//!
+//! Credential blocks take the same way ([`block_or_enqueue`]); replaying one is harmless, a
+//! block of a credential already blocked changes nothing. Both kinds share the `pending`
+//! table, told apart by their fields, so files written before blocks were kept still read.
 
 use std::path::Path;
 use std::sync::{Arc, Weak};
@@ -22,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::credential::CredentialBlock;
 use super::error::StoreError;
 use super::model::{unix_ms_now, CloseOutcome, Closure, SessionId};
 use super::redb_file::{each_row, open_or_create, Depth, FileKind, FileLayout, RowReport};
@@ -59,20 +64,29 @@ fn scan_rows(txn: &ReadTransaction, report: &mut RowReport, depth: Depth) {
             .map_err(|e| format!("{what} {id}: {e}"))
     }
     let decoding = depth == Depth::Decode;
+    let mut blocks = 0;
     let pending = each_row(txn, PENDING, report, |id, value| {
         if !decoding {
             return Ok(());
         }
-        decoded::<OutboxEntry>("pending closure", id.value(), value.value())
+        decoded::<Pending>("pending record", id.value(), value.value())?;
+        blocks += u64::from(matches!(
+            serde_json::from_slice::<Pending>(value.value()),
+            Ok(Pending::Block(_))
+        ));
+        Ok(())
     });
     let dead = each_row(txn, DEAD, report, |id, value| {
         if !decoding {
             return Ok(());
         }
-        decoded::<DeadLetter>("dead letter", id.value(), value.value())
+        decoded::<Dead>("dead letter", id.value(), value.value())
     });
     each_row(txn, COUNTERS, report, |_, _| Ok(()));
-    report.count("pending closures", pending);
+    report.count("pending closures", pending - blocks);
+    if blocks > 0 {
+        report.count("pending credential blocks", blocks);
+    }
     report.count("dead letters", dead);
 }
 
@@ -85,12 +99,54 @@ pub struct OutboxEntry {
     pub recorded_at_ms: u64,
 }
 
+/// A credential block waiting to reach the store, or its replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockEntry {
+    pub id: u64,
+    pub block: CredentialBlock,
+    pub recorded_at_ms: u64,
+}
+
 /// A closure the store refused for good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub entry: OutboxEntry,
     pub error: String,
     pub failed_at_ms: u64,
+}
+
+/// A credential block the store refused for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadBlock {
+    pub entry: BlockEntry,
+    pub error: String,
+    pub failed_at_ms: u64,
+}
+
+/// A row of the `pending` table: its fields tell the kind (a closure row has `session`, a
+/// block row `block`), so rows written before blocks were kept decode unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Pending {
+    Closure(OutboxEntry),
+    Block(BlockEntry),
+}
+
+impl Pending {
+    fn id(&self) -> u64 {
+        match self {
+            Pending::Closure(entry) => entry.id,
+            Pending::Block(entry) => entry.id,
+        }
+    }
+}
+
+/// A row of the `dead` table, told apart the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Dead {
+    Closure(DeadLetter),
+    Block(DeadBlock),
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +167,15 @@ impl Default for RelayConfig {
             idle_poll: Duration::from_secs(30),
         }
     }
+}
+
+/// Where a credential block went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockDisposition {
+    /// The store took it; true if the credential was not blocked before.
+    Stored(bool),
+    /// The store was unavailable; the block is in the outbox under `entry`.
+    Queued { entry: u64, cause: StoreError },
 }
 
 /// Where a closure went.
@@ -164,20 +229,63 @@ impl Outbox {
         let closure = closure.normalized()?;
         let session = session.clone();
         let id = self
-            .blocking(move |inner| inner.record(session, closure))
+            .blocking(move |inner| {
+                inner.insert(|id| {
+                    Pending::Closure(OutboxEntry {
+                        id,
+                        session,
+                        closure,
+                        recorded_at_ms: unix_ms_now(),
+                    })
+                })
+            })
             .await?;
         self.wake.notify_one();
         Ok(id)
     }
 
-    /// Pending records, oldest first.
-    pub async fn pending(&self) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.blocking(|inner| inner.list(PENDING)).await
+    /// Writes the credential block durably and wakes the relay; returns the record id.
+    pub async fn record_block(&self, block: &CredentialBlock) -> Result<u64, StoreError> {
+        let block = block.normalized()?;
+        let id = self
+            .blocking(move |inner| {
+                inner.insert(|id| {
+                    Pending::Block(BlockEntry {
+                        id,
+                        block,
+                        recorded_at_ms: unix_ms_now(),
+                    })
+                })
+            })
+            .await?;
+        self.wake.notify_one();
+        Ok(id)
     }
 
-    /// Pending records, oldest first. Blocking: for startup, before the runtime serves.
+    /// Pending closures, oldest first.
+    pub async fn pending(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.blocking(|inner| Ok(closures_of(inner.list(PENDING)?)))
+            .await
+    }
+
+    /// Pending credential blocks, oldest first.
+    pub async fn pending_blocks(&self) -> Result<Vec<BlockEntry>, StoreError> {
+        self.blocking(|inner| Ok(blocks_of(inner.list(PENDING)?)))
+            .await
+    }
+
+    /// Pending closures, oldest first. Blocking: for startup, before the runtime serves.
     pub fn pending_blocking(&self) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.inner.list(PENDING)
+        Ok(closures_of(self.inner.list(PENDING)?))
+    }
+
+    /// Pending credential blocks, oldest first. Blocking: for startup.
+    pub fn pending_blocks_blocking(&self) -> Result<Vec<BlockEntry>, StoreError> {
+        Ok(blocks_of(self.inner.list(PENDING)?))
+    }
+
+    async fn pending_records(&self) -> Result<Vec<Pending>, StoreError> {
+        self.blocking(|inner| inner.list(PENDING)).await
     }
 
     pub async fn len(&self) -> Result<usize, StoreError> {
@@ -196,8 +304,28 @@ impl Outbox {
         Ok(self.len().await? == 0)
     }
 
+    /// Closures the store refused for good.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.blocking(|inner| inner.list(DEAD)).await
+        let dead: Vec<Dead> = self.blocking(|inner| inner.list(DEAD)).await?;
+        Ok(dead
+            .into_iter()
+            .filter_map(|row| match row {
+                Dead::Closure(letter) => Some(letter),
+                Dead::Block(_) => None,
+            })
+            .collect())
+    }
+
+    /// Credential blocks the store refused for good.
+    pub async fn dead_blocks(&self) -> Result<Vec<DeadBlock>, StoreError> {
+        let dead: Vec<Dead> = self.blocking(|inner| inner.list(DEAD)).await?;
+        Ok(dead
+            .into_iter()
+            .filter_map(|row| match row {
+                Dead::Block(letter) => Some(letter),
+                Dead::Closure(_) => None,
+            })
+            .collect())
     }
 
     /// Deletes a pending record; true if it was there.
@@ -205,11 +333,19 @@ impl Outbox {
         self.blocking(move |inner| inner.remove(id)).await
     }
 
-    async fn bury(&self, entry: OutboxEntry, error: &StoreError) -> Result<(), StoreError> {
-        let letter = DeadLetter {
-            entry,
-            error: error.to_string(),
-            failed_at_ms: unix_ms_now(),
+    async fn bury(&self, record: Pending, error: &StoreError) -> Result<(), StoreError> {
+        let (error, failed_at_ms) = (error.to_string(), unix_ms_now());
+        let letter = match record {
+            Pending::Closure(entry) => Dead::Closure(DeadLetter {
+                entry,
+                error,
+                failed_at_ms,
+            }),
+            Pending::Block(entry) => Dead::Block(DeadBlock {
+                entry,
+                error,
+                failed_at_ms,
+            }),
         };
         self.blocking(move |inner| inner.bury(letter)).await
     }
@@ -223,8 +359,29 @@ impl Outbox {
     }
 }
 
+fn closures_of(records: Vec<Pending>) -> Vec<OutboxEntry> {
+    records
+        .into_iter()
+        .filter_map(|record| match record {
+            Pending::Closure(entry) => Some(entry),
+            Pending::Block(_) => None,
+        })
+        .collect()
+}
+
+fn blocks_of(records: Vec<Pending>) -> Vec<BlockEntry> {
+    records
+        .into_iter()
+        .filter_map(|record| match record {
+            Pending::Block(entry) => Some(entry),
+            Pending::Closure(_) => None,
+        })
+        .collect()
+}
+
 impl Inner {
-    fn record(&self, session: SessionId, closure: Closure) -> Result<u64, StoreError> {
+    /// Stores the record `make` builds for the next id, fsynced; returns the id.
+    fn insert(&self, make: impl FnOnce(u64) -> Pending) -> Result<u64, StoreError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         let id = {
@@ -235,12 +392,7 @@ impl Inner {
                 .map_or(0, |g| g.value())
                 + 1;
             counters.insert(LAST_ID, id).map_err(db_err)?;
-            let entry = OutboxEntry {
-                id,
-                session,
-                closure,
-                recorded_at_ms: unix_ms_now(),
-            };
+            let entry = make(id);
             let bytes =
                 serde_json::to_vec(&entry).map_err(|e| StoreError::invalid(e.to_string()))?;
             txn.open_table(PENDING)
@@ -288,7 +440,11 @@ impl Inner {
         Ok(removed)
     }
 
-    fn bury(&self, letter: DeadLetter) -> Result<(), StoreError> {
+    fn bury(&self, letter: Dead) -> Result<(), StoreError> {
+        let id = match &letter {
+            Dead::Closure(letter) => letter.entry.id,
+            Dead::Block(letter) => letter.entry.id,
+        };
         let mut txn = self.db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         {
@@ -296,11 +452,11 @@ impl Inner {
                 serde_json::to_vec(&letter).map_err(|e| StoreError::invalid(e.to_string()))?;
             txn.open_table(DEAD)
                 .map_err(db_err)?
-                .insert(letter.entry.id, bytes.as_slice())
+                .insert(id, bytes.as_slice())
                 .map_err(db_err)?;
             txn.open_table(PENDING)
                 .map_err(db_err)?
-                .remove(letter.entry.id)
+                .remove(id)
                 .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
@@ -334,6 +490,26 @@ pub async fn close_or_enqueue(
     }
 }
 
+/// Blocks the credential through the store, or, when the store is unavailable, records the
+/// block in the outbox for the relay. Returns an error only for input the store rejected for
+/// good or when the outbox itself cannot be written.
+pub async fn block_or_enqueue(
+    store: &dyn SessionStore,
+    outbox: &Outbox,
+    block: CredentialBlock,
+) -> Result<BlockDisposition, StoreError> {
+    let block = block.normalized()?;
+    match store.block_credential(block.clone()).await {
+        Ok(added) => Ok(BlockDisposition::Stored(added)),
+        Err(cause) if cause.is_retryable() => {
+            let entry = outbox.record_block(&block).await?;
+            tracing::warn!(entry, error = %cause, "Store unavailable; credential block queued in the outbox.");
+            Ok(BlockDisposition::Queued { entry, cause })
+        }
+        Err(err) => Err(err),
+    }
+}
+
 async fn relay(
     inner: Weak<Inner>,
     wake: Arc<Notify>,
@@ -349,7 +525,7 @@ async fn relay(
             inner: strong,
             wake: wake.clone(),
         };
-        let pending = match outbox.pending().await {
+        let pending = match outbox.pending_records().await {
             Ok(pending) => pending,
             Err(err) => {
                 tracing::error!(error = %err, "Cannot read the closure outbox.");
@@ -374,18 +550,32 @@ async fn relay(
         // stay and are replayed (a replay answers `AlreadyClosed`). Replaying them all first
         // also lets writes to a moved slot refresh the client's view of the cluster.
         let mut replayed = Vec::new();
-        for entry in pending {
-            match store.close(&entry.session, entry.closure.clone()).await {
-                Ok(outcome) => replayed.push((entry, outcome)),
+        for record in pending {
+            let landed = match &record {
+                Pending::Closure(entry) => store
+                    .close(&entry.session, entry.closure.clone())
+                    .await
+                    .map(|outcome| match outcome {
+                        CloseOutcome::Closed { .. } => "closed",
+                        CloseOutcome::AlreadyClosed { .. } => "already_closed",
+                        CloseOutcome::Fenced { .. } => "fenced",
+                    }),
+                Pending::Block(entry) => store
+                    .block_credential(entry.block.clone())
+                    .await
+                    .map(|added| if added { "blocked" } else { "already_blocked" }),
+            };
+            match landed {
+                Ok(landed) => replayed.push((record, landed)),
                 Err(err) if err.is_retryable() => {
-                    tracing::debug!(error = %err, "Store still unavailable for queued closures.");
+                    tracing::debug!(error = %err, "Store still unavailable for queued records.");
                     back_off = true;
                     break;
                 }
                 Err(err) => {
-                    tracing::error!(session = %entry.session, entry = entry.id, error = %err, "Store refused a queued closure; moved to dead letters.");
-                    if let Err(bury_err) = outbox.bury(entry, &err).await {
-                        tracing::error!(error = %bury_err, "Cannot move a closure to the dead letters.");
+                    tracing::error!(entry = record.id(), error = %err, "Store refused a queued record; moved to dead letters.");
+                    if let Err(bury_err) = outbox.bury(record, &err).await {
+                        tracing::error!(error = %bury_err, "Cannot move a record to the dead letters.");
                         back_off = true;
                         break;
                     }
@@ -394,20 +584,22 @@ async fn relay(
         }
         if !replayed.is_empty() {
             if let Err(err) = store.replicated().await {
-                tracing::debug!(error = %err, "Replayed closures not confirmed by replicas yet.");
+                tracing::debug!(error = %err, "Replayed records not confirmed by replicas yet.");
                 back_off = true;
                 replayed.clear();
             }
         }
-        for (entry, outcome) in replayed {
-            let landed = match &outcome {
-                CloseOutcome::Closed { .. } => "closed",
-                CloseOutcome::AlreadyClosed { .. } => "already_closed",
-                CloseOutcome::Fenced { .. } => "fenced",
-            };
-            tracing::info!(session = %entry.session, entry = entry.id, outcome = landed, "Relayed a queued closure.");
-            if let Err(err) = outbox.remove(entry.id).await {
-                tracing::error!(error = %err, entry = entry.id, "Cannot delete a relayed closure from the outbox.");
+        for (record, landed) in replayed {
+            match &record {
+                Pending::Closure(entry) => {
+                    tracing::info!(session = %entry.session, entry = entry.id, outcome = landed, "Relayed a queued closure.")
+                }
+                Pending::Block(entry) => {
+                    tracing::info!(fingerprint = %entry.block.fingerprint.as_str(), entry = entry.id, outcome = landed, "Relayed a queued credential block.")
+                }
+            }
+            if let Err(err) = outbox.remove(record.id()).await {
+                tracing::error!(error = %err, entry = record.id(), "Cannot delete a relayed record from the outbox.");
                 back_off = true;
                 break;
             }
@@ -432,4 +624,38 @@ fn jittered(delay: Duration) -> Duration {
         Err(_) => 1.0,
     };
     delay.mul_f64(0.5 + 0.5 * fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_written_before_blocks_were_kept_still_decode_as_closures() {
+        // A `pending` row exactly as earlier versions wrote it.
+        let earlier = br#"{"id":7,"session":"slack:T1/C9","closure":{"epoch":null,"class":"lost_access","rule":"slack.not_in_channel","reason":"bot removed","detail":"","upstream_status":null,"at_ms":1700000000000},"recorded_at_ms":1700000000001}"#;
+        let Pending::Closure(entry) = serde_json::from_slice::<Pending>(earlier).unwrap() else {
+            panic!("an earlier row must decode as a closure");
+        };
+        assert_eq!(entry.id, 7);
+        assert_eq!(entry.session.as_str(), "slack:T1/C9");
+        assert_eq!(entry.closure.rule, "slack.not_in_channel");
+    }
+
+    #[test]
+    fn block_rows_decode_as_blocks() {
+        let fingerprint = crate::session::Fingerprint::parse(&"ab".repeat(32)).unwrap();
+        let row = Pending::Block(BlockEntry {
+            id: 3,
+            block: CredentialBlock::new(
+                fingerprint,
+                super::super::Class::CredentialInvalid,
+                "slack.invalid_auth",
+                "revoked",
+            ),
+            recorded_at_ms: 1,
+        });
+        let bytes = serde_json::to_vec(&row).unwrap();
+        assert_eq!(serde_json::from_slice::<Pending>(&bytes).unwrap(), row);
+    }
 }

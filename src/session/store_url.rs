@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::error::StoreError;
 use super::redb_store::RedbOptions;
-use super::redis_store::{RedisOptions, RedisTarget};
+use super::redis_store::{RedisOptions, RedisTarget, SentinelTarget};
 
 /// A parsed store URL. See the [module docs](super) for the accepted forms.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +21,7 @@ pub enum StoreLocator {
 }
 
 const CLUSTER_SCHEME: &str = "redis+cluster://";
+const SENTINEL_SCHEME: &str = "redis+sentinel://";
 
 impl StoreLocator {
     pub fn parse(url: &str) -> Result<Self, StoreError> {
@@ -40,7 +41,10 @@ impl StoreLocator {
                 options: RedbOptions::default(),
             });
         }
-        if url.starts_with("rediss://") || url.starts_with("rediss+cluster://") {
+        if url.starts_with("rediss://")
+            || url.starts_with("rediss+cluster://")
+            || url.starts_with("rediss+sentinel://")
+        {
             return Err(bad(
                 "TLS connections to Redis are not supported by this build",
             ));
@@ -48,11 +52,14 @@ impl StoreLocator {
         if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
             return parse_cluster(rest).map_err(|reason| bad(&reason));
         }
+        if let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) {
+            return parse_sentinel(rest).map_err(|reason| bad(&reason));
+        }
         if url.starts_with("redis://") {
             return parse_standalone(url).map_err(|reason| bad(&reason));
         }
         Err(bad(
-            "expected redb:PATH, redis://HOST:PORT/DB or redis+cluster://HOST:PORT,HOST:PORT",
+            "expected redb:PATH, redis://HOST:PORT/DB, redis+cluster://HOST:PORT,HOST:PORT or redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME",
         ))
     }
 }
@@ -180,6 +187,20 @@ fn parse_cluster(rest: &str) -> Result<StoreLocator, String> {
             return Err(format!("unknown option {key:?} for a cluster url"));
         }
     }
+    let nodes = node_urls(hosts, userinfo)?;
+    if nodes.is_empty() {
+        return Err(
+            "list at least one node, e.g. redis+cluster://10.0.0.1:7000,10.0.0.2:7000".into(),
+        );
+    }
+    Ok(StoreLocator::Redis {
+        target: RedisTarget::Cluster { nodes },
+        options,
+    })
+}
+
+/// `redis://[USERINFO@]HOST:PORT` for each comma-separated `HOST:PORT`.
+fn node_urls(hosts: &str, userinfo: Option<&str>) -> Result<Vec<String>, String> {
     let mut nodes = Vec::new();
     for host in hosts.split(',').filter(|h| !h.is_empty()) {
         let node = match userinfo {
@@ -192,13 +213,99 @@ fn parse_cluster(rest: &str) -> Result<StoreLocator, String> {
         }
         nodes.push(node);
     }
-    if nodes.is_empty() {
+    Ok(nodes)
+}
+
+/// `HOST:PORT,HOST:PORT/MASTER_NAME[/DB][?options]` after `redis+sentinel://`. The user and
+/// password are the master's (and its replicas'); the sentinels get them too only with
+/// `sentinel_auth=true`.
+fn parse_sentinel(rest: &str) -> Result<StoreLocator, String> {
+    let (location, query) = match rest.split_once('?') {
+        Some((l, q)) => (l, q),
+        None => (rest, ""),
+    };
+    let (authority, path) = location.split_once('/').unwrap_or((location, ""));
+    let mut path = path.trim_end_matches('/').split('/');
+    let master_name = path.next().unwrap_or_default();
+    if master_name.is_empty() {
         return Err(
-            "list at least one node, e.g. redis+cluster://10.0.0.1:7000,10.0.0.2:7000".into(),
+            "name the master the sentinels monitor, e.g. redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster"
+                .into(),
+        );
+    }
+    let name_ok = master_name.len() <= 128
+        && master_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !name_ok {
+        return Err(format!(
+            "master name {master_name:?} must be 1 to 128 characters of [A-Za-z0-9_.-]"
+        ));
+    }
+    let db = match path.next() {
+        None => 0,
+        Some(db) => db
+            .parse::<u32>()
+            .map_err(|_| format!("database {db:?} must be a number"))?,
+    };
+    if let Some(extra) = path.next() {
+        return Err(format!(
+            "unexpected {extra:?} after the database; the form is HOSTS/MASTER_NAME[/DB]"
+        ));
+    }
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((user, hosts)) => (Some(user), hosts),
+        None => (None, authority),
+    };
+    let mut options = RedisOptions::default();
+    let mut cluster = false;
+    let mut sentinel_auth = false;
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key == "sentinel_auth" {
+            sentinel_auth = match value.as_ref() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => return Err(format!("sentinel_auth={value:?} must be true or false")),
+            };
+            continue;
+        }
+        if !apply_option(&mut options, &mut cluster, &key, &value)? {
+            return Err(format!("unknown option {key:?} for a sentinel url"));
+        }
+    }
+    if cluster {
+        return Err("a Sentinel deployment is not a Redis Cluster; drop cluster=true".into());
+    }
+    // The redis crate's own reading of the user and password (percent-decoded).
+    let (username, password) = match userinfo {
+        Some(user) => {
+            use redis::IntoConnectionInfo;
+            let info = format!("redis://{user}@localhost:1")
+                .into_connection_info()
+                .map_err(|_| "the user and password are not valid in a URL".to_owned())?;
+            let settings = info.redis_settings();
+            (
+                settings.username().map(str::to_owned),
+                settings.password().map(str::to_owned),
+            )
+        }
+        None => (None, None),
+    };
+    let sentinels = node_urls(hosts, userinfo.filter(|_| sentinel_auth))?;
+    if sentinels.is_empty() {
+        return Err(
+            "list at least one sentinel, e.g. redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster"
+                .into(),
         );
     }
     Ok(StoreLocator::Redis {
-        target: RedisTarget::Cluster { nodes },
+        target: RedisTarget::Sentinel(SentinelTarget {
+            sentinels,
+            master_name: master_name.to_owned(),
+            db,
+            username,
+            password,
+        }),
         options,
     })
 }
@@ -289,6 +396,46 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_urls_name_the_sentinels_the_master_and_its_credentials() {
+        let StoreLocator::Redis { target, options } = StoreLocator::parse(
+            "redis+sentinel://app:s%40cret@10.0.0.1:26379,10.0.0.2:26379/main-1/3?prefix=t2&replicas_to_ack=1&replica_ack_timeout_ms=250",
+        )
+        .unwrap() else {
+            panic!("not redis");
+        };
+        assert_eq!(
+            target,
+            RedisTarget::Sentinel(SentinelTarget {
+                sentinels: vec![
+                    "redis://10.0.0.1:26379".into(),
+                    "redis://10.0.0.2:26379".into()
+                ],
+                master_name: "main-1".into(),
+                db: 3,
+                username: Some("app".into()),
+                password: Some("s@cret".into()),
+            })
+        );
+        assert_eq!(options.prefix, "t2");
+        assert_eq!(options.replicas_to_ack, Some(1));
+        assert_eq!(options.replica_ack_timeout, Duration::from_millis(250));
+
+        let StoreLocator::Redis {
+            target: RedisTarget::Sentinel(target),
+            options,
+        } = StoreLocator::parse("redis+sentinel://:pw@h:26379/m/?sentinel_auth=true").unwrap()
+        else {
+            panic!("not sentinel");
+        };
+        assert_eq!(target.sentinels, vec!["redis://:pw@h:26379".to_owned()]);
+        assert_eq!(
+            (target.db, target.username, target.password),
+            (0, None, Some("pw".into()))
+        );
+        assert_eq!(options.replicas_to_ack, None, "auto by default");
+    }
+
+    #[test]
     fn bad_urls_say_what_is_wrong_without_the_password() {
         for (url, needle) in [
             ("postgres://x", "expected redb:PATH"),
@@ -299,6 +446,27 @@ mod tests {
             ("redis+cluster://", "at least one node"),
             ("redis+cluster://h", "HOST:PORT"),
             ("redis+cluster://u:secret@h:1/3", "database 0"),
+            ("redis+sentinel://u:secret@h:26379", "name the master"),
+            ("redis+sentinel://u:secret@h:26379/", "name the master"),
+            ("redis+sentinel://u:secret@/m", "at least one sentinel"),
+            ("redis+sentinel://u:secret@h/m", "HOST:PORT"),
+            ("redis+sentinel://u:secret@h:1/m/x", "must be a number"),
+            ("redis+sentinel://u:secret@h:1/m/0/extra", "unexpected"),
+            ("redis+sentinel://u:secret@h:1/m%20x", "master name"),
+            (
+                "redis+sentinel://u:secret@h:1/m?cluster=true",
+                "not a Redis Cluster",
+            ),
+            (
+                "redis+sentinel://u:secret@h:1/m?sentinel_auth=maybe",
+                "sentinel_auth",
+            ),
+            ("redis+sentinel://u:secret@h:1/m?bogus=1", "unknown option"),
+            (
+                "redis+sentinel://u:secret@h:1/m?timeout_ms=0",
+                "milliseconds",
+            ),
+            ("rediss+sentinel://u:secret@h:1/m", "TLS"),
         ] {
             let err = StoreLocator::parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");

@@ -181,6 +181,17 @@ impl RedisServer {
         }
     }
 
+    /// Starts again on the same port and directory as a replica of the node at `port`, as a
+    /// failed master comes back once its configuration names the new one.
+    pub fn restart_as_replica_of(&mut self, port: u16) {
+        if let Some(at) = self.extra.iter().position(|arg| arg == "--replicaof") {
+            self.extra.drain(at..(at + 3).min(self.extra.len()));
+        }
+        self.extra
+            .extend(["--replicaof".into(), "127.0.0.1".into(), port.to_string()]);
+        self.restart();
+    }
+
     /// This node's cluster id.
     pub fn node_id(&self) -> String {
         self.cli(&["cluster", "myid"]).trim().to_owned()
@@ -333,5 +344,155 @@ impl RedisCluster {
             }
         }
         panic!("no master owns slot {slot}");
+    }
+}
+
+/// A master with one replica, watched by three sentinels that fail it over quickly.
+pub struct RedisSentinel {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<SentinelProcess>,
+}
+
+/// The name the sentinels monitor the master under.
+pub const SENTINEL_MASTER_NAME: &str = "hgmaster";
+
+impl RedisSentinel {
+    /// `down_after_ms`: how long the master may be silent before the sentinels fail it over.
+    pub fn start(down_after_ms: u64) -> Self {
+        // Every write fsynced, and a replica in sync at once instead of after the default 5 s.
+        let data_args = ["--appendfsync", "always", "--repl-diskless-sync-delay", "0"];
+        let master = RedisServer::start_with(&data_args);
+        let master_port = master.port().to_string();
+        let mut replica_args = data_args.to_vec();
+        replica_args.extend(["--replicaof", "127.0.0.1", &master_port]);
+        let replica = RedisServer::start_with(&replica_args);
+        let sentinels: Vec<SentinelProcess> = (0..3)
+            .map(|_| SentinelProcess::start(master.port(), down_after_ms))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let synced = master
+                .cli(&["info", "replication"])
+                .contains("state=online");
+            // Sentinels find each other through hello messages on the master, every 2 s;
+            // a failover needs a majority that knows the others.
+            let acquainted = sentinels.iter().all(|s| {
+                let master = s.cli(&["sentinel", "master", SENTINEL_MASTER_NAME]);
+                field_after(&master, "num-other-sentinels") == Some("2")
+                    && field_after(&master, "num-slaves") == Some("1")
+            });
+            if synced && acquainted {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sentinels did not settle; see {}",
+                sentinels[0].dir.path().display()
+            );
+            sleep(Duration::from_millis(100));
+        }
+        RedisSentinel {
+            master,
+            replica,
+            sentinels,
+        }
+    }
+
+    /// `redis+sentinel://` naming every sentinel.
+    pub fn store_url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!(
+            "redis+sentinel://{}/{SENTINEL_MASTER_NAME}",
+            hosts.join(",")
+        )
+    }
+
+    /// The master's port as a running sentinel reports it.
+    pub fn master_port_reported(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            let reply = s.cli(&["sentinel", "get-master-addr-by-name", SENTINEL_MASTER_NAME]);
+            reply.lines().nth(1)?.trim().parse().ok()
+        })
+    }
+}
+
+/// In a `redis-cli` reply listing field names and values on alternate lines, the value
+/// after `name`.
+fn field_after<'a>(reply: &'a str, name: &str) -> Option<&'a str> {
+    let mut lines = reply.lines();
+    lines.find(|l| l.trim() == name)?;
+    lines.next().map(str::trim)
+}
+
+/// One `redis-server --sentinel`, with its config file in a temporary directory (a sentinel
+/// rewrites its config).
+pub struct SentinelProcess {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl SentinelProcess {
+    fn start(master_port: u16, down_after_ms: u64) -> Self {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir for a sentinel");
+            let port = free_port();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+                     dir {dir}\nlogfile {dir}/sentinel.log\n\
+                     sentinel monitor {SENTINEL_MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER_NAME} {down_after_ms}\n\
+                     sentinel failover-timeout {SENTINEL_MASTER_NAME} 3000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER_NAME} 1\n",
+                    dir = dir.path().display()
+                ),
+            )
+            .expect("write sentinel.conf");
+            let mut child = Command::new(REDIS_SERVER)
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server --sentinel");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if raw_command(port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+                    return SentinelProcess { port, dir, child };
+                }
+                sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server --sentinel did not start");
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(REDIS_CLI)
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

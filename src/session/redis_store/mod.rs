@@ -1,4 +1,4 @@
-//! [`RedisStore`]: the fleet store, on standalone Redis or Redis Cluster (7.0+).
+//! [`RedisStore`]: the fleet store, on standalone Redis, Redis Sentinel or Redis Cluster (7.0+).
 //!
 //! Every state change is one Lua script (see `scripts.rs` and `lua/`) that also appends the
 //! event to the partition's stream (`XADD … MAXLEN ~`) and publishes it, so the change, its
@@ -8,9 +8,14 @@
 //! about that time with [`StoreError::Timeout`] or [`StoreError::Unavailable`], and the
 //! caller falls back to the [`Outbox`](crate::session::Outbox). Connections are made lazily
 //! and re-made in the background after a failure.
+//!
+//! With Sentinel the master is asked of the sentinels before the first call, and again when
+//! calls keep failing or a write is answered `READONLY` (the master was demoted); writes then
+//! go to the master the sentinels name (see `sentinel.rs`).
 
 mod keys;
 mod scripts;
+mod sentinel;
 mod watch;
 mod wire;
 
@@ -27,6 +32,8 @@ use tokio::sync::mpsc;
 
 use self::keys::{partition_of, Keys, PARTITIONS};
 use self::scripts::scripts;
+use self::sentinel::SentinelMaster;
+pub use self::sentinel::SentinelTarget;
 use self::wire::{
     event_from_fields, items, mark_from_json, number, pairs, record_from_hash, text, StreamId,
 };
@@ -48,6 +55,8 @@ pub enum RedisTarget {
     Standalone { url: String },
     /// Seed node URLs (`redis://host:port`); the rest of the cluster is discovered.
     Cluster { nodes: Vec<String> },
+    /// A master (with replicas) that sentinels monitor and fail over.
+    Sentinel(SentinelTarget),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,13 +101,15 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    /// The connection writes go through; replaced when a Cluster connection stays stuck.
-    conn: std::sync::RwLock<Conn>,
-    /// Failed calls in a row, and when the Cluster connection was last replaced.
+    /// The connection writes go through; replaced when a Cluster connection stays stuck or
+    /// the sentinels name another master. `None` with Sentinel until the master is known.
+    conn: std::sync::RwLock<Option<Conn>>,
+    /// Failed calls in a row, and when the connection was last replaced.
     stuck: std::sync::Mutex<Stuck>,
     keys: Keys,
     options: RedisOptions,
-    subscribe_nodes: Vec<String>,
+    /// Where the live subscriber listens.
+    subscribe_to: watch::Source,
     /// Opens short-lived connections of their own, for checks that must not share (or
     /// block) the connections writes go through.
     probe: Probe,
@@ -109,6 +120,7 @@ struct Inner {
 enum Probe {
     Standalone(redis::Client),
     Cluster(Box<redis::cluster::ClusterClient>),
+    Sentinel(Arc<SentinelMaster>),
 }
 
 #[derive(Clone)]
@@ -150,6 +162,12 @@ impl ConnectionLike for Conn {
 struct Stuck {
     failures: u32,
     replaced_at: Option<std::time::Instant>,
+    /// Sentinel: the master may have moved; the next call asks the sentinels first.
+    relocate: bool,
+    /// Sentinel: when the sentinels were last asked.
+    asked_at: Option<std::time::Instant>,
+    /// Sentinel: `host:port` of the master writes go to.
+    master: Option<String>,
 }
 
 /// Failures in a row after which a Cluster connection is replaced: the cluster client can keep
@@ -157,6 +175,28 @@ struct Stuck {
 const STUCK_AFTER: u32 = 3;
 /// At most one replacement this often.
 const REPLACE_EVERY: Duration = Duration::from_secs(5);
+/// Sentinel: the sentinels are asked for the master at most this often while calls fail (a
+/// failover takes a few seconds, and until it is done they name the old master).
+const ASK_SENTINELS_EVERY: Duration = Duration::from_millis(200);
+
+/// Settings of the connection writes go through (also used for a Sentinel's new master).
+fn manager_config(options: &RedisOptions) -> ConnectionManagerConfig {
+    // Few quick reconnect attempts: every call is bounded by op_timeout anyway, and each
+    // failed call triggers a new attempt.
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(options.connect_timeout))
+        .set_response_timeout(Some(options.op_timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(20))
+        .set_max_delay(Duration::from_millis(200))
+}
+
+/// A write refused because the node is a replica now: the master moved.
+fn is_read_only(err: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(err.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly))
+        || err.code() == Some("READONLY")
+}
 
 /// Sorts Redis failures into retryable (the store is away) and final ones.
 fn classify(err: RedisError) -> StoreError {
@@ -196,21 +236,26 @@ impl RedisStore {
             url: redact(url),
             reason: e.to_string(),
         };
-        let (conn, probe, subscribe_nodes) = match &target {
+        let (conn, probe, subscribe_to) = match &target {
             RedisTarget::Standalone { url } => {
                 let client = redis::Client::open(url.as_str()).map_err(|e| bad(url, e))?;
-                // Few quick reconnect attempts: every call is bounded by op_timeout anyway, and
-                // each failed call triggers a new attempt.
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(options.connect_timeout))
-                    .set_response_timeout(Some(options.op_timeout))
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(20))
-                    .set_max_delay(Duration::from_millis(200));
                 let probe = Probe::Standalone(client.clone());
-                let manager = ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(|e| bad(url, e))?;
-                (Conn::Standalone(manager), probe, vec![url.clone()])
+                let manager =
+                    ConnectionManager::new_lazy_with_config(client, manager_config(&options))
+                        .map_err(|e| bad(url, e))?;
+                (
+                    Some(Conn::Standalone(manager)),
+                    probe,
+                    watch::Source::Nodes(vec![url.clone()]),
+                )
+            }
+            RedisTarget::Sentinel(sentinel) => {
+                let master = Arc::new(SentinelMaster::new(sentinel, &options)?);
+                (
+                    None,
+                    Probe::Sentinel(master.clone()),
+                    watch::Source::Sentinel(master),
+                )
             }
             RedisTarget::Cluster { nodes } => {
                 if nodes.is_empty() {
@@ -231,9 +276,11 @@ impl RedisStore {
                     .set_connection_timeout(options.connect_timeout)
                     .set_response_timeout(options.op_timeout);
                 (
-                    Conn::Cluster(client.get_pending_async_connection_with_config(config)),
+                    Some(Conn::Cluster(
+                        client.get_pending_async_connection_with_config(config),
+                    )),
                     Probe::Cluster(Box::new(client)),
-                    nodes.clone(),
+                    watch::Source::Nodes(nodes.clone()),
                 )
             }
         };
@@ -243,7 +290,7 @@ impl RedisStore {
                 stuck: std::sync::Mutex::new(Stuck::default()),
                 keys: Keys::new(&options.prefix),
                 options,
-                subscribe_nodes,
+                subscribe_to,
                 probe,
                 required_acks: tokio::sync::OnceCell::new(),
             }),
@@ -256,22 +303,89 @@ impl Inner {
         &self,
         call: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
+        let mut read_only = false;
         let result = match tokio::time::timeout(self.options.op_timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(classify(err)),
+            Ok(Err(err)) => {
+                read_only = is_read_only(&err);
+                Err(classify(err))
+            }
             Err(_) => Err(StoreError::Timeout(self.options.op_timeout)),
         };
-        self.note_outcome(&result);
+        self.note_outcome(&result, read_only);
         result
     }
 
-    fn conn(&self) -> Conn {
-        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The connection writes go through; with Sentinel first the master's, asked of the
+    /// sentinels when it is not known yet or may have moved.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let current = self.conn.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Probe::Sentinel(sentinel) = &self.probe else {
+            return current.ok_or_else(|| StoreError::Failed("no Redis connection".into()));
+        };
+        if let Some(conn) = current.as_ref().filter(|_| !self.should_ask_sentinels()) {
+            return Ok(conn.clone());
+        }
+        match self.follow_master(sentinel).await {
+            Ok(conn) => Ok(conn),
+            // The old master may still answer (a sentinel that cannot be reached does not
+            // mean the master moved); the call finds out.
+            Err(error) => current.ok_or(error),
+        }
+    }
+
+    fn should_ask_sentinels(&self) -> bool {
+        let stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        stuck.relocate
+            && stuck
+                .asked_at
+                .is_none_or(|at| at.elapsed() >= ASK_SENTINELS_EVERY)
+    }
+
+    /// Asks the sentinels for the master and, when it is another one than writes go to now,
+    /// replaces the connection (see [`Inner::replaced_lately`] for what that means to `WAIT`).
+    async fn follow_master(&self, sentinel: &SentinelMaster) -> Result<Conn, StoreError> {
+        let _one_at_a_time = sentinel.asking.lock().await;
+        let current = self.conn.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(conn) = current.as_ref().filter(|_| !self.should_ask_sentinels()) {
+            // Another call asked while this one waited.
+            return Ok(conn.clone());
+        }
+        self.stuck
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .asked_at = Some(std::time::Instant::now());
+        let client = sentinel.locate().await?;
+        let address = client.get_connection_info().addr().to_string();
+        let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        stuck.relocate = false;
+        if let Some(conn) = current.filter(|_| stuck.master.as_deref() == Some(&address)) {
+            return Ok(conn);
+        }
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, manager_config(&self.options))
+                .map_err(classify)?;
+        let conn = Conn::Standalone(manager);
+        let mut slot = self.conn.write().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            stuck.replaced_at = Some(std::time::Instant::now());
+            stuck.failures = 0;
+            tracing::warn!(
+                master = %address,
+                "The sentinels name another master; writes go there now."
+            );
+        } else {
+            tracing::info!(master = %address, "Master found through the sentinels.");
+        }
+        stuck.master = Some(address);
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 
     /// Counts failures in a row; a Cluster connection that keeps failing is replaced by one
-    /// that learns the slot map afresh from the seed nodes.
-    fn note_outcome<T>(&self, result: &Result<T, StoreError>) {
+    /// that learns the slot map afresh from the seed nodes, and with Sentinel the next call
+    /// asks the sentinels for the master (at once after a `READONLY`).
+    fn note_outcome<T>(&self, result: &Result<T, StoreError>, read_only: bool) {
         let away = matches!(
             result,
             Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
@@ -282,6 +396,10 @@ impl Inner {
             return;
         }
         stuck.failures += 1;
+        if let Probe::Sentinel(_) = &self.probe {
+            stuck.relocate |= read_only || stuck.failures >= STUCK_AFTER;
+            return;
+        }
         let Probe::Cluster(client) = &self.probe else {
             return;
         };
@@ -295,8 +413,9 @@ impl Inner {
         let config = redis::cluster::ClusterConfig::new()
             .set_connection_timeout(self.options.connect_timeout)
             .set_response_timeout(self.options.op_timeout);
-        *self.conn.write().unwrap_or_else(|e| e.into_inner()) =
-            Conn::Cluster(client.get_pending_async_connection_with_config(config));
+        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(Conn::Cluster(
+            client.get_pending_async_connection_with_config(config),
+        ));
         stuck.replaced_at = Some(now);
         stuck.failures = 0;
         tracing::warn!("Redis Cluster calls kept failing; connecting afresh to relearn the slots.");
@@ -323,7 +442,7 @@ impl Inner {
         for arg in args {
             invocation.arg(arg);
         }
-        let mut conn = self.conn();
+        let mut conn = self.conn().await?;
         self.timed(async move { invocation.invoke_async(&mut conn).await })
             .await
     }
@@ -360,47 +479,62 @@ impl Inner {
             .clone();
         let limit = self.options.op_timeout + REPLICA_PROBE;
         let probe = async {
-            match &self.probe {
-                Probe::Standalone(client) => {
-                    let config = redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(self.options.connect_timeout))
-                        .set_response_timeout(Some(limit));
-                    let mut conn = client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?;
-                    // A server without replicas says so at once; only one with replicas is
-                    // asked to wait for them.
-                    let info: String = redis::cmd("INFO")
-                        .arg("replication")
-                        .query_async(&mut conn)
-                        .await?;
-                    let connected = info
-                        .lines()
-                        .find_map(|l| l.strip_prefix("connected_slaves:"))
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                        .unwrap_or(0);
-                    // Replicas attached count, lagging or not: a replica that is briefly
-                    // behind must not turn acknowledgement off for good.
-                    Ok(connected)
-                }
+            let client = match &self.probe {
+                Probe::Standalone(client) => client.clone(),
+                Probe::Sentinel(sentinel) => sentinel.master().await?,
                 Probe::Cluster(client) => {
                     let config = redis::cluster::ClusterConfig::new()
                         .set_connection_timeout(self.options.connect_timeout)
                         .set_response_timeout(limit);
-                    let mut conn = client.get_async_connection_with_config(config).await?;
-                    let found: u64 = at_once.query_async(&mut conn).await?;
+                    let mut conn = client
+                        .get_async_connection_with_config(config)
+                        .await
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    let found: u64 = at_once
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
                     if found > 0 {
                         return Ok(found);
                     }
-                    moment.query_async(&mut conn).await
+                    return moment
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| StoreError::Unavailable(e.to_string()));
                 }
-            }
+            };
+            self.replicas_attached(&client, limit)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
         };
         match tokio::time::timeout(limit, probe).await {
-            Ok(Ok(found)) => Ok(found),
-            Ok(Err(error)) => Err(StoreError::Unavailable(error.to_string())),
+            Ok(result) => result,
             Err(_) => Err(StoreError::Timeout(limit)),
         }
+    }
+
+    /// Replicas attached to one master, lagging or not: a replica that is briefly behind must
+    /// not turn acknowledgement off for good. A server without replicas says so at once.
+    async fn replicas_attached(
+        &self,
+        master: &redis::Client,
+        limit: Duration,
+    ) -> Result<u64, RedisError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.options.connect_timeout))
+            .set_response_timeout(Some(limit));
+        let mut conn = master
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0))
     }
 
     /// Waits until every write made on this handle's connections is on the required number
@@ -437,7 +571,7 @@ impl Inner {
     }
 
     async fn command<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn().await?;
         self.timed(async move { cmd.query_async(&mut conn).await })
             .await
     }
@@ -1166,7 +1300,7 @@ impl SessionStore for RedisStore {
 
     fn watch(&self) -> mpsc::Receiver<Notice> {
         watch::spawn(watch::WatchConfig {
-            nodes: self.inner.subscribe_nodes.clone(),
+            source: self.inner.subscribe_to.clone(),
             channel: self.inner.keys.channel(),
             connect_timeout: self.inner.options.connect_timeout,
             ping_interval: self.inner.options.ping_interval,

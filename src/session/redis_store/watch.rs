@@ -4,20 +4,42 @@
 //! reader catches up from the durable streams and nothing published while the link was down
 //! is lost for good. On a cluster, scripts publish with plain PUBLISH, which Redis forwards
 //! to every node, so subscribing to any one node sees every partition; the subscriber moves
-//! to the next seed node when one fails.
+//! to the next seed node when one fails. With Sentinel it subscribes at the master the
+//! sentinels name at each (re)connect, so it follows a failover.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::sentinel::SentinelMaster;
 use super::wire::event_from_fields;
 use crate::session::event::Notice;
 
+/// Where to subscribe.
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// These nodes in turn.
+    Nodes(Vec<String>),
+    /// The master the sentinels name.
+    Sentinel(Arc<SentinelMaster>),
+}
+
+impl Source {
+    async fn client(&self, attempt: usize) -> Result<redis::Client, String> {
+        match self {
+            Source::Nodes(nodes) => redis::Client::open(nodes[attempt % nodes.len()].as_str())
+                .map_err(|e| e.to_string()),
+            Source::Sentinel(sentinel) => sentinel.locate().await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
 pub(crate) struct WatchConfig {
-    pub nodes: Vec<String>,
+    pub source: Source,
     pub channel: String,
     pub connect_timeout: Duration,
     pub ping_interval: Duration,
@@ -46,9 +68,19 @@ async fn run(config: WatchConfig, tx: mpsc::Sender<Notice>) {
         if tx.is_closed() {
             return;
         }
-        let url = &config.nodes[node % config.nodes.len()];
+        let client = match config.source.client(node).await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::debug!(%error, "Event subscriber found no node to subscribe at.");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tx.closed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
         let subscribed = tokio::time::timeout(config.connect_timeout, async {
-            let client = redis::Client::open(url.as_str())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&config.channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
