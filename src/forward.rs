@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response};
 use tower_service::Service;
 
@@ -83,23 +83,23 @@ impl Service<Request<ProxyBody>> for Forward {
     }
 
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let client = self.client.clone();
         let response_header_timeout = self.response_header_timeout;
         let connect_timeout = self.connect_timeout;
         let traffic = self.traffic.clone();
+        let Some(target) = request.extensions().get::<Target>() else {
+            return Box::pin(std::future::ready(Err(ForwardError {
+                route: "".into(),
+                kind: ForwardErrorKind::Unrouted,
+            }
+            .into())));
+        };
+        let route = target.route.name.clone();
+        let upstream_request = upstream_request(request);
+        // The client's future owns what it needs: no clone of the client per request.
+        let sent = self.client.request(upstream_request);
         Box::pin(async move {
-            let Some(target) = request.extensions().get::<Target>().cloned() else {
-                return Err(ForwardError {
-                    route: "".into(),
-                    kind: ForwardErrorKind::Unrouted,
-                }
-                .into());
-            };
-            let route = target.route.name.clone();
-            let upstream_request = upstream_request(request, &target);
             let started = std::time::Instant::now();
-            let sent =
-                tokio::time::timeout(response_header_timeout, client.request(upstream_request));
+            let sent = tokio::time::timeout(response_header_timeout, sent);
             let response = match sent.await {
                 Err(_) => {
                     return Err(ForwardError {
@@ -125,17 +125,21 @@ impl Service<Request<ProxyBody>> for Forward {
     }
 }
 
-fn upstream_request(request: Request<ProxyBody>, target: &Target) -> Request<ProxyBody> {
+fn upstream_request(request: Request<ProxyBody>) -> Request<ProxyBody> {
     let (mut parts, body) = request.into_parts();
+    let target = parts
+        .extensions
+        .get::<Target>()
+        .expect("only routed requests are forwarded");
     parts.uri = target.uri.clone();
     // The upstream speaks whatever version the pool negotiated; HTTP/2 from the agent must not
     // force HTTP/2 on an HTTP/1.1-only upstream.
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     strip_haltgate_headers(&mut parts.headers);
-    if let Ok(host) = HeaderValue::from_str(target.route.authority.as_str()) {
-        parts.headers.insert(header::HOST, host);
-    }
+    parts
+        .headers
+        .insert(header::HOST, target.route.host.clone());
     Request::from_parts(parts, body)
 }
 
@@ -190,30 +194,53 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authorization",
 ];
 
+/// Whether a header is hop-by-hop on its own (headers that `Connection` names are only so
+/// because it names them). Header names are stored lowercase, so a plain match does.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    ) || name.as_str().starts_with("proxy-")
+}
+
+/// Whether a token of a `Connection` value names a header [`is_hop_by_hop`] removes anyway.
+fn names_fixed_hop_by_hop(token: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(token))
+        || token
+            .get(..6)
+            .is_some_and(|start| start.eq_ignore_ascii_case("proxy-"))
+}
+
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop set, `proxy-*` included.
+///
+/// Runs on every request and response, most of which carry at most `Connection: keep-alive`:
+/// nothing is allocated unless `Connection` names a header outside the fixed set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| !token.is_empty() && !names_fixed_hop_by_hop(token))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
         headers.remove(name);
-    }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
-            headers.remove(name);
-        }
     }
 }
 
@@ -256,6 +283,23 @@ mod tests {
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left.len(), 2, "{left:?}");
         assert!(h.contains_key("authorization") && h.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn keep_alive_alone_is_stripped_and_other_headers_stay() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Keep-Alive".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.append("set-cookie", "a=1".parse().unwrap());
+        h.append("set-cookie", "b=2".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+
+        let mut untouched = h.clone();
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched, h);
     }
 
     #[test]

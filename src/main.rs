@@ -10,6 +10,8 @@ use haltgate::config::{Config, ConfigSpec, Overrides};
 use haltgate::operator::{self, ControlClient, Operation};
 use haltgate::rules::DEFAULT_MAX_BODY_BYTES;
 
+mod heap_trim;
+
 #[derive(Parser)]
 #[command(
     name = "haltgate",
@@ -386,7 +388,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let app = App::start(config).await?;
+        // The binary's own allocator, so the binary's own choice (an embedding application
+        // decides for itself).
+        let trimmer = heap_trim::spawn(heap_trim::TRIM_EVERY);
         wait_for_signal().await;
+        trimmer.abort();
         tracing::info!("Shutting down: draining in-flight requests.");
         app.shutdown();
         app.wait().await;

@@ -26,6 +26,8 @@ pub struct Route {
     pub dialect: Dialect,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// The `Host` header requests to this upstream carry, made once.
+    pub host: http::HeaderValue,
     /// Base path of the upstream URL without a trailing `/` (empty for none).
     pub base_path: Arc<str>,
 }
@@ -79,12 +81,15 @@ impl Route {
             return Err(bad("a query string is not allowed in an upstream URL"));
         }
         let base_path = uri.path().trim_end_matches('/');
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| bad("the host is not valid in a Host header"))?;
         Ok(Self {
             name: name.into(),
             provider: provider.into(),
             dialect: Dialect::for_provider(provider),
             scheme,
             authority,
+            host,
             base_path: base_path.into(),
         })
     }

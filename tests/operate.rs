@@ -854,7 +854,8 @@ async fn json_logs_carry_the_request_span_and_the_cli_drives_the_control_api() {
     assert!(!ok);
     assert!(err.contains("401"), "{err}");
 
-    // The match was logged inside its request's span, with no credential anywhere.
+    // The match was logged inside its request's span (debug level here), with no credential
+    // anywhere.
     let lines = server.log_lines();
     let matched = lines
         .iter()
@@ -863,6 +864,9 @@ async fn json_logs_carry_the_request_span_and_the_cli_drives_the_control_api() {
     assert_eq!(matched["span"]["name"], "request");
     assert_eq!(matched["span"]["route"], "slack");
     assert_eq!(matched["span"]["rule"], "slack.write_to_gone_channel");
+    // The span is there at debug level only; the event names its session and rule itself.
+    assert_eq!(matched["fields"]["session"], "cli-kick");
+    assert_eq!(matched["fields"]["rule"], "slack.write_to_gone_channel");
     let log = server.log();
     assert!(!log.contains(PLANTED), "planted token in the logs");
     assert!(!log.contains(CONTROL_TOKEN), "control token in the logs");

@@ -8,7 +8,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::{json, Value};
 
 use haltgate::rules::{
-    Class, Decision, Exchange, ExchangeHead, ResponseBody, RuleOutcome, RuleSet, Scope, Verdict,
+    Class, Decision, Exchange, ExchangeHead, ResponseBody, RuleOutcome, RuleSet, RuleSource, Scope,
+    Verdict,
 };
 
 fn rules() -> RuleSet {
@@ -401,19 +402,52 @@ fn uninspected_bodies_only_match_head_rules() {
     assert_eq!(decided_by(&decision), (Class::Pass, None));
     assert!(!decision.body_inspected);
 
+    // A head-only rule decides without the body, unless an exception of it reads the body:
+    // `demo.unauthorized` is under the `demo.busy` guard (a JSON check), which cannot be
+    // answered for a body nobody read, so the rule decides nothing.
     let challenge = case("")
         .method(Method::GET)
         .status(401)
-        .header("www-authenticate", "Bearer realm=\"demo\"")
+        .header("www-authenticate", "Bearer realm=\"demo\"");
+    assert_eq!(
+        decided_by(&challenge.clone().decision(&rules)),
+        (Class::CredentialInvalid, Some("demo.unauthorized"))
+    );
+    let unread = challenge.body(Body::Uninspected).decision(&rules);
+    assert_eq!(decided_by(&unread), (Class::Pass, None));
+    assert!(!unread.body_inspected);
+}
+
+#[test]
+fn head_only_rules_without_body_exceptions_still_decide_unread_bodies() {
+    let rules = RuleSet::from_sources(vec![RuleSource {
+        display_path: "plain.toml".into(),
+        provider: "plain".into(),
+        text: r#"schema = 2
+[[rule]]
+id = "plain.unauthorized"
+class = "credential_invalid"
+description = "401 with a Bearer challenge."
+[rule.when]
+all = [{ source = "status", equals = 401 }, { source = "header", name = "www-authenticate", prefix = "Bearer " }]
+[[rule.unless]]
+all = [{ source = "request_header", name = "x-dry-run", exists = true }]
+"#
+        .into(),
+    }])
+    .unwrap_or_else(|errors| panic!("{errors}"));
+    let challenge = case("")
+        .provider("plain")
+        .method(Method::GET)
+        .status(401)
+        .header("www-authenticate", "Bearer realm=\"plain\"")
         .body(Body::Uninspected);
     let decision = challenge.decision(&rules);
     assert_eq!(
         decided_by(&decision),
-        (Class::CredentialInvalid, Some("demo.unauthorized"))
+        (Class::CredentialInvalid, Some("plain.unauthorized"))
     );
     assert!(!decision.body_inspected);
-    let put = challenge.method(Method::PUT);
-    assert_eq!(decided_by(&put.decision(&rules)), (Class::Pass, None));
 }
 
 #[test]

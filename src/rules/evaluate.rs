@@ -417,6 +417,23 @@ impl<'e, 'a> Ctx<'e, 'a> {
         if when == Truth::No {
             return Judgement::NoMatch;
         }
+        if !self.body_inspected() {
+            // An `unless` or guard that reads the body cannot answer "no" for a body nobody
+            // read: unknown is not absent, so the rule decides nothing rather than close a
+            // session its exception might have spared.
+            let blind = rule.unless.iter().any(Matcher::needs_body)
+                || rule
+                    .guards
+                    .iter()
+                    .any(|&index| provider.guards[index].table.needs_body());
+            if blind {
+                why.fail(|| {
+                    "an `unless` or guard of this rule reads the body, which was not inspected"
+                        .into()
+                });
+                return Judgement::NoMatch;
+            }
+        }
         let mut unknown = when == Truth::Unknown;
         for (index, table) in rule.unless.iter().enumerate() {
             match self.table(table, &mut Why::silent()) {

@@ -65,15 +65,18 @@ pub enum Scope<'a> {
 
 /// Whether a response is a `text/event-stream` (parameters and case ignored).
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value
-                .split(';')
-                .next()
-                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
-        })
+    const EVENT_STREAM: &[u8] = b"text/event-stream";
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return false;
+    };
+    // Asked of every response: compared as bytes, without splitting the parameters off.
+    let mime = value.as_bytes().trim_ascii_start();
+    mime.len() >= EVENT_STREAM.len()
+        && mime[..EVENT_STREAM.len()].eq_ignore_ascii_case(EVENT_STREAM)
+        && mime[EVENT_STREAM.len()..]
+            .trim_ascii_start()
+            .first()
+            .is_none_or(|&next| next == b';')
 }
 
 // === Server-sent events ===
@@ -478,6 +481,33 @@ pub fn resolve_provider<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_streams_are_told_by_their_media_type_alone() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, value.parse().unwrap());
+            is_event_stream(&headers)
+        };
+        for yes in [
+            "text/event-stream",
+            "Text/Event-Stream",
+            " text/event-stream ; charset=utf-8",
+            "text/event-stream;charset=utf-8",
+        ] {
+            assert!(with(yes), "{yes:?}");
+        }
+        for no in [
+            "application/json",
+            "text/event-streams",
+            "text/event-stream-x; a=b",
+            "text/event",
+            "",
+        ] {
+            assert!(!with(no), "{no:?}");
+        }
+        assert!(!is_event_stream(&HeaderMap::new()));
+    }
 
     fn events(body: &str) -> Vec<String> {
         sse_events(body.as_bytes())

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -14,13 +14,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tower_service::Service;
 
 use super::activity::{Activity, CloseReason, InFlight};
 use super::{Limits, ReadTimeout, RequestBody};
-use crate::body::{self, BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody};
 use crate::shutdown::ShutdownSignal;
 
 /// Serves one connection to its end. `_permit` is its slot under `max_connections`.
@@ -50,6 +51,8 @@ pub(super) async fn run<S>(
     tokio::pin!(connection);
 
     let reason = tokio::select! {
+        // The connection first: it is what wakes this task, the other two almost never do.
+        biased;
         result = connection.as_mut() => {
             if let Err(error) = result {
                 tracing::debug!(%peer, %error, "Connection ended with an error.");
@@ -100,37 +103,57 @@ where
     S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>,
     S::Future: Send + 'static,
 {
-    type Response = Response<ProxyBody>;
+    type Response = Response<UntilSent>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let mut in_flight = self.activity.start();
+        let in_flight = self.activity.start();
         let timeout = self.limits.body_read_timeout;
         let request = request.map(|body| ReadTimeout::new(body, timeout));
         // Dropped before it completes (HTTP/2 stream reset, HTTP/1 client gone), this future
         // drops the whole stack's future with it, upstream request included, and `in_flight`
         // counts the cancel.
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let response = answer.await?;
-            in_flight.answered();
-            Ok(response.map(|inner| {
-                body::boxed(UntilSent {
-                    inner,
-                    _in_flight: in_flight,
-                })
-            }))
-        })
+        TrackedFuture {
+            answer: self.inner.call(request),
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+pin_project! {
+    /// The stack's answer, its body tied to the request's [`InFlight`].
+    struct TrackedFuture<F> {
+        #[pin]
+        answer: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    type Output = Result<Response<UntilSent>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.answer.poll(cx))?;
+        let mut in_flight = this.in_flight.take().expect("polled after completion");
+        in_flight.answered();
+        Poll::Ready(Ok(response.map(|inner| UntilSent {
+            inner,
+            _in_flight: in_flight,
+        })))
     }
 }
 
 /// A response body that keeps its request in flight until hyper is done with it.
-struct UntilSent {
+pub(super) struct UntilSent {
     inner: ProxyBody,
     _in_flight: InFlight,
 }
