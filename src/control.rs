@@ -48,7 +48,7 @@ use crate::rule_reload::{RuleReloader, Trigger};
 use crate::rules::RuleSet;
 use crate::session::{
     AddWakeup, Class, CloseDisposition, CloseOutcome, Closure, CredentialBlock, EventCursor,
-    Fingerprint, OpenSpec, SessionId, SessionRecord, SessionStore, StoreError,
+    Fingerprint, OpenSpec, Receipt, SessionId, SessionRecord, SessionStore, StoreError,
 };
 use crate::session_gate::SessionGate;
 use crate::storm::StormBreaker;
@@ -490,10 +490,10 @@ where
             if let Some(resume) = body.resume {
                 spec = spec.with_resume(resume);
             }
-            let record = store.open(&id, spec).await?;
+            let (record, receipt) = store.open_with_receipt(&id, spec).await?;
             // A reopen lost with a failed master would let traffic through for a session the
             // store still has closed: it counts (and is applied here) once replicated.
-            confirm_replicated(store.as_ref(), &format!("session {id}")).await?;
+            confirm_replicated(store.as_ref(), receipt, &format!("session {id}")).await?;
             gate.closed().record(&record);
             Ok(json_response(StatusCode::OK, record_json(&record)))
         }
@@ -600,9 +600,11 @@ where
             let fingerprint = Fingerprint::parse(fingerprint).map_err(|_| {
                 Problem::bad_request(format!("{fingerprint:?} is not a credential fingerprint"))
             })?;
-            if store.unblock_credential(&fingerprint).await? {
+            let (unblocked, receipt) = store.unblock_credential_with_receipt(&fingerprint).await?;
+            if unblocked {
                 confirm_replicated(
                     store.as_ref(),
+                    receipt,
                     &format!("the unblock of {}", fingerprint.as_str()),
                 )
                 .await?;
@@ -631,8 +633,12 @@ where
 /// An operator's write is reported done only once replicated the configured way (Redis
 /// `WAIT`; at once for redb). Otherwise 503: the write may or may not survive a failover, and
 /// the same call can be repeated (a reopen of a session already open changes nothing).
-async fn confirm_replicated(store: &dyn SessionStore, what: &str) -> Result<(), Problem> {
-    match store.replicated().await {
+async fn confirm_replicated(
+    store: &dyn SessionStore,
+    receipt: Receipt,
+    what: &str,
+) -> Result<(), Problem> {
+    match store.replicated(&[receipt]).await {
         Ok(()) => Ok(()),
         Err(error) if error.is_retryable() => Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -131,7 +131,7 @@ impl SessionGate {
         // after a failover, a master may have none for a while. Readiness does not wait.
         let store = self.store.clone();
         tokio::spawn(async move {
-            if let Err(error) = store.replicated().await {
+            if let Err(error) = store.replicated(&[]).await {
                 tracing::warn!(%error, "Replicas did not confirm the first check.");
             }
         });
@@ -207,15 +207,9 @@ impl SessionGate {
         self.closed.insert_closure(id, local_epoch, &closure);
         let class = closure.class;
         let disposition = match &self.outbox {
-            Some(outbox) => {
-                let disposition = close_or_enqueue(&*self.store, outbox, id, closure.clone())
-                    .await
-                    .inspect_err(|_| self.stats.count_store_error("close"))?;
-                if matches!(disposition, CloseDisposition::Stored(_)) {
-                    self.confirm_replicated(outbox, id, closure);
-                }
-                disposition
-            }
+            Some(outbox) => close_or_enqueue(&self.store, outbox, id, closure)
+                .await
+                .inspect_err(|_| self.stats.count_store_error("close"))?,
             None => self
                 .store
                 .close(id, closure)
@@ -235,37 +229,14 @@ impl SessionGate {
         Ok(disposition)
     }
 
-    /// A closure the shared store took counts as stored once it is replicated the configured
-    /// way. That is checked in the background, so the halt never waits for replicas; a
-    /// closure they do not confirm goes to the outbox and is replayed until they do.
-    fn confirm_replicated(&self, outbox: &Outbox, id: &SessionId, closure: Closure) {
-        let (store, outbox, id) = (self.store.clone(), outbox.clone(), id.clone());
-        tokio::spawn(async move {
-            let Err(cause) = store.replicated().await else {
-                return;
-            };
-            match outbox.record(&id, &closure).await {
-                Ok(entry) => {
-                    tracing::warn!(session = %id, entry, error = %cause, "Closure not confirmed by replicas; queued in the outbox.")
-                }
-                Err(error) => {
-                    tracing::error!(session = %id, %error, "Closure not confirmed by replicas and the outbox cannot take it.")
-                }
-            }
-        });
-    }
-
     /// Blocks a credential: in the local set at once, then in the store, or in the outbox
     /// when a shared store is unreachable. Like a closure, a block the shared store took
     /// counts as stored once replicated; one the replicas do not confirm goes to the outbox.
     async fn block(&self, block: CredentialBlock) {
         self.closed.insert_block(&block);
         let stored = match &self.outbox {
-            Some(outbox) => match block_or_enqueue(&*self.store, outbox, block.clone()).await {
-                Ok(BlockDisposition::Stored(added)) => {
-                    self.confirm_block_replicated(outbox, block);
-                    Ok(added)
-                }
+            Some(outbox) => match block_or_enqueue(&self.store, outbox, block).await {
+                Ok(BlockDisposition::Stored(added)) => Ok(added),
                 Ok(BlockDisposition::Queued { .. }) => Ok(true),
                 Err(error) => Err(error),
             },
@@ -281,24 +252,6 @@ impl SessionGate {
                 tracing::error!(%error, "Credential block could not be stored; it holds on this instance.");
             }
         }
-    }
-
-    /// [`SessionGate::confirm_replicated`] for a credential block.
-    fn confirm_block_replicated(&self, outbox: &Outbox, block: CredentialBlock) {
-        let (store, outbox) = (self.store.clone(), outbox.clone());
-        tokio::spawn(async move {
-            let Err(cause) = store.replicated().await else {
-                return;
-            };
-            match outbox.record_block(&block).await {
-                Ok(entry) => {
-                    tracing::warn!(entry, error = %cause, "Credential block not confirmed by replicas; queued in the outbox.")
-                }
-                Err(error) => {
-                    tracing::error!(%error, "Credential block not confirmed by replicas and the outbox cannot take it.")
-                }
-            }
-        });
     }
 
     async fn act(&self, matched: Matched) -> Outcome {

@@ -60,7 +60,7 @@ async fn closure_survives_a_redis_outage_through_the_outbox() {
         .with_detail(r#"{"ok":false,"error":"not_in_channel"}"#);
     let outbox = Outbox::open(&outbox_path).unwrap();
     let started = Instant::now();
-    let disposition = close_or_enqueue(store.as_ref(), &outbox, &s, closure.clone())
+    let disposition = close_or_enqueue(&store, &outbox, &s, closure.clone())
         .await
         .unwrap();
     let elapsed = started.elapsed();
@@ -136,7 +136,7 @@ async fn credential_block_survives_a_redis_outage_next_to_a_closure() {
 
     server.kill();
     let outbox = Outbox::open(&outbox_path).unwrap();
-    let queued = block_or_enqueue(store.as_ref(), &outbox, block.clone())
+    let queued = block_or_enqueue(&store, &outbox, block.clone())
         .await
         .unwrap();
     assert!(
@@ -144,7 +144,7 @@ async fn credential_block_survives_a_redis_outage_next_to_a_closure() {
         "{queued:?}"
     );
     let closure = Closure::new(Class::CredentialInvalid, "slack.invalid_auth", "revoked");
-    close_or_enqueue(store.as_ref(), &outbox, &s, closure)
+    close_or_enqueue(&store, &outbox, &s, closure)
         .await
         .unwrap();
 
@@ -166,9 +166,7 @@ async fn credential_block_survives_a_redis_outage_next_to_a_closure() {
     assert_eq!(blocked[0].fingerprint, fingerprint);
     assert!(store.get(&s).await.unwrap().unwrap().is_closed());
     // A replay of a block already stored changes nothing.
-    let again = block_or_enqueue(store.as_ref(), &outbox, block)
-        .await
-        .unwrap();
+    let again = block_or_enqueue(&store, &outbox, block).await.unwrap();
     assert_eq!(again, BlockDisposition::Stored(false));
 }
 
@@ -180,14 +178,14 @@ async fn close_or_enqueue_stores_directly_when_the_store_answers() {
     let outbox = Outbox::open(&dir.path().join("outbox.redb")).unwrap();
     let s = SessionId::parse("s").unwrap();
     let closure = Closure::new(Class::LostAccess, "r", "x");
-    let first = close_or_enqueue(store.as_ref(), &outbox, &s, closure.clone())
+    let first = close_or_enqueue(&store, &outbox, &s, closure.clone())
         .await
         .unwrap();
     assert!(
         matches!(first, CloseDisposition::Stored(CloseOutcome::Closed { .. })),
         "{first:?}"
     );
-    let again = close_or_enqueue(store.as_ref(), &outbox, &s, closure)
+    let again = close_or_enqueue(&store, &outbox, &s, closure)
         .await
         .unwrap();
     assert!(
@@ -199,7 +197,7 @@ async fn close_or_enqueue_stores_directly_when_the_store_answers() {
     );
     let invalid = Closure::new(Class::LostAccess, "", "x");
     assert!(matches!(
-        close_or_enqueue(store.as_ref(), &outbox, &s, invalid).await,
+        close_or_enqueue(&store, &outbox, &s, invalid).await,
         Err(StoreError::InvalidInput(_))
     ));
     assert!(outbox.is_empty().await.unwrap());
@@ -271,7 +269,7 @@ async fn close_fails_fast_when_redis_hangs() {
     server.pause();
     let started = Instant::now();
     let disposition = close_or_enqueue(
-        store.as_ref(),
+        &store,
         &outbox,
         &s,
         Closure::new(Class::LostAccess, "mcp.token_revoked", "x").at_epoch(0),

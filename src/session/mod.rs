@@ -20,7 +20,8 @@
 //!   forwarded before), `Outbox::spawn_relay` and `LocalCopy::spawn_flusher`.
 //! - Before forwarding a request: [`ClosedSet::check`] and [`ClosedSet::is_blocked`], no I/O.
 //! - On a lost-access match: [`ClosedSet::insert_closure`] (halts the next request at once),
-//!   then [`close_or_enqueue`] with the request's epoch (or none), then
+//!   then [`close_or_enqueue`] with the request's epoch (or none; a closure the store took
+//!   is confirmed by its replicas in the background, see [`SessionStore::replicated`]), then
 //!   [`ClosedSet::record_outcome`] if the store answered.
 //!
 //! # The model
@@ -75,13 +76,13 @@ pub use local_copy::{LoadedCopy, LocalCopy};
 pub(crate) use model::hex;
 pub use model::{
     unix_ms_now, AddWakeup, ClaimedWakeup, Class, CloseOutcome, Closure, ClosureInfo,
-    InvalidSessionId, OpenSpec, SessionId, SessionRecord, SessionStatus, Wakeup, MAX_DETAIL_BYTES,
-    MAX_EXACT_INTEGER, MAX_LEASE_MS, MAX_PAYLOAD_BYTES, MAX_RESUME_BYTES, MAX_RULE_BYTES,
-    MAX_SCOPE_BYTES,
+    InvalidSessionId, OpenSpec, Receipt, SessionId, SessionRecord, SessionStatus, Wakeup,
+    MAX_DETAIL_BYTES, MAX_EXACT_INTEGER, MAX_LEASE_MS, MAX_PAYLOAD_BYTES, MAX_RESUME_BYTES,
+    MAX_RULE_BYTES, MAX_SCOPE_BYTES,
 };
 pub use outbox::{
-    block_or_enqueue, close_or_enqueue, BlockDisposition, BlockEntry, CloseDisposition, DeadBlock,
-    DeadLetter, Outbox, OutboxEntry, RelayConfig,
+    block_or_enqueue, close_or_enqueue, confirm_block, confirm_closure, BlockDisposition,
+    BlockEntry, CloseDisposition, DeadBlock, DeadLetter, Outbox, OutboxEntry, RelayConfig,
 };
 pub use redb_file::{check_store_file, repair_store_file};
 pub use redb_store::{RedbOptions, RedbStore};
@@ -232,11 +233,57 @@ pub trait SessionStore: Send + Sync + 'static {
         closed_before_ms: u64,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
-    /// Waits until every write this handle made so far is replicated the configured way
-    /// (Redis: `WAIT` for `replicas_to_ack` replicas). A retryable error means it is not
-    /// confirmed yet: the caller keeps the closure in its outbox. Stores that are durable on
-    /// their own (redb fsyncs every write) answer at once.
-    fn replicated(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    /// [`SessionStore::close`], with the [`Receipt`] that [`SessionStore::replicated`]
+    /// confirms. On Redis the receipt comes in the same round trip as the write.
+    fn close_with_receipt(
+        &self,
+        id: &SessionId,
+        closure: Closure,
+    ) -> BoxFuture<'_, Result<(CloseOutcome, Receipt), StoreError>> {
+        let id = id.clone();
+        Box::pin(async move { Ok((self.close(&id, closure).await?, Receipt::default())) })
+    }
+
+    /// [`SessionStore::open`], with its [`Receipt`].
+    fn open_with_receipt(
+        &self,
+        id: &SessionId,
+        spec: OpenSpec,
+    ) -> BoxFuture<'_, Result<(SessionRecord, Receipt), StoreError>> {
+        let id = id.clone();
+        Box::pin(async move { Ok((self.open(&id, spec).await?, Receipt::default())) })
+    }
+
+    /// [`SessionStore::block_credential`], with its [`Receipt`].
+    fn block_credential_with_receipt(
+        &self,
+        block: CredentialBlock,
+    ) -> BoxFuture<'_, Result<(bool, Receipt), StoreError>> {
+        Box::pin(async move { Ok((self.block_credential(block).await?, Receipt::default())) })
+    }
+
+    /// [`SessionStore::unblock_credential`], with its [`Receipt`].
+    fn unblock_credential_with_receipt(
+        &self,
+        fingerprint: &Fingerprint,
+    ) -> BoxFuture<'_, Result<(bool, Receipt), StoreError>> {
+        let fingerprint = fingerprint.clone();
+        Box::pin(async move {
+            Ok((
+                self.unblock_credential(&fingerprint).await?,
+                Receipt::default(),
+            ))
+        })
+    }
+
+    /// Waits until the writes of `receipts` are replicated the configured way (Redis: `WAIT`
+    /// for `replicas_to_ack` replicas, on the connection each write went through). A
+    /// retryable error means they are not confirmed yet, also when that connection was
+    /// replaced meanwhile: the caller keeps the writes in its outbox, whose replay confirms
+    /// them. With no receipts it only learns how many replicas are required. Stores that are
+    /// durable on their own (redb fsyncs every write) answer at once.
+    fn replicated(&self, receipts: &[Receipt]) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = receipts;
         Box::pin(async { Ok(()) })
     }
 

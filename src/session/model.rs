@@ -386,7 +386,9 @@ pub enum CloseOutcome {
         record: SessionRecord,
         cancelled_wakeups: u64,
     },
-    /// The session was already closed at that epoch; nothing was written, no event.
+    /// The session was already closed at that epoch; nothing changed, no event. (Redis
+    /// rewrites the status unchanged, so confirming this answer also confirms the closure
+    /// found: replication is in order.)
     AlreadyClosed { record: SessionRecord },
     /// The closure is about an older generation than the stored one; nothing was written.
     Fenced { current_epoch: u64 },
@@ -402,6 +404,19 @@ impl CloseOutcome {
             CloseOutcome::Fenced { .. } => None,
         }
     }
+}
+
+/// Where a write went, for [`SessionStore::replicated`](super::SessionStore::replicated):
+/// `WAIT` confirms only the writes of its own connection, so Redis notes the connection the
+/// write went through (and, with Cluster, the slot whose master took it). Stores that are
+/// durable on their own hand back an empty one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// `CLIENT INFO`'s id and both addresses of the connection; `None` from a store that
+    /// needs no confirmation.
+    pub(crate) connection: Option<String>,
+    /// Redis Cluster: the route of the write's keys, so the confirmation asks the same node.
+    pub(crate) route: Option<redis::cluster_routing::Route>,
 }
 
 /// A scheduled wakeup of a session.

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::credential::CredentialBlock;
 use super::error::StoreError;
-use super::model::{unix_ms_now, CloseOutcome, Closure, SessionId};
+use super::model::{unix_ms_now, CloseOutcome, Closure, Receipt, SessionId};
 use super::redb_file::{each_row, open_or_create, Depth, FileKind, FileLayout, RowReport};
 use super::SessionStore;
 
@@ -465,7 +465,9 @@ impl Inner {
 }
 
 /// Closes through the store, or, when the store is unavailable, records the closure in the
-/// outbox for the relay. Returns an error only for input the store rejected for good or
+/// outbox for the relay. A closure the store took counts as stored once replicated the
+/// configured way: that is checked in a task of its own ([`confirm_closure`]), so the caller
+/// never waits for replicas. Returns an error only for input the store rejected for good or
 /// when the outbox itself cannot be written.
 ///
 /// Give the closure the epoch the request carried, and leave it `None` when the request
@@ -473,14 +475,20 @@ impl Inner {
 /// the closure if the session was reopened after that, also when the relay delivers it late.
 /// (Guessing an epoch from local knowledge could be older than the store's and get fenced.)
 pub async fn close_or_enqueue(
-    store: &dyn SessionStore,
+    store: &Arc<dyn SessionStore>,
     outbox: &Outbox,
     session: &SessionId,
     closure: Closure,
 ) -> Result<CloseDisposition, StoreError> {
     let closure = closure.normalized()?;
-    match store.close(session, closure.clone()).await {
-        Ok(outcome) => Ok(CloseDisposition::Stored(outcome)),
+    match store.close_with_receipt(session, closure.clone()).await {
+        Ok((outcome, receipt)) => {
+            let (store, outbox, session) = (store.clone(), outbox.clone(), session.clone());
+            tokio::spawn(async move {
+                confirm_closure(&*store, &outbox, &session, closure, receipt).await
+            });
+            Ok(CloseDisposition::Stored(outcome))
+        }
         Err(cause) if cause.is_retryable() => {
             let entry = outbox.record(session, &closure).await?;
             tracing::warn!(session = %session, entry, error = %cause, "Store unavailable; closure queued in the outbox.");
@@ -490,23 +498,71 @@ pub async fn close_or_enqueue(
     }
 }
 
-/// Blocks the credential through the store, or, when the store is unavailable, records the
-/// block in the outbox for the relay. Returns an error only for input the store rejected for
-/// good or when the outbox itself cannot be written.
-pub async fn block_or_enqueue(
+/// Waits for the replicas to confirm a closure the store took (the write `receipt` names);
+/// one they do not confirm goes to the outbox and is replayed until they do. Returns the
+/// outbox entry it went to, if it did.
+pub async fn confirm_closure(
     store: &dyn SessionStore,
+    outbox: &Outbox,
+    session: &SessionId,
+    closure: Closure,
+    receipt: Receipt,
+) -> Option<u64> {
+    let cause = store.replicated(&[receipt]).await.err()?;
+    match outbox.record(session, &closure).await {
+        Ok(entry) => {
+            tracing::warn!(session = %session, entry, error = %cause, "Closure not confirmed by replicas; queued in the outbox.");
+            Some(entry)
+        }
+        Err(error) => {
+            tracing::error!(session = %session, %error, "Closure not confirmed by replicas and the outbox cannot take it.");
+            None
+        }
+    }
+}
+
+/// Blocks the credential through the store, or, when the store is unavailable, records the
+/// block in the outbox for the relay. Like a closure, a block the store took counts as
+/// stored once replicated ([`confirm_block`], in a task of its own). Returns an error only
+/// for input the store rejected for good or when the outbox itself cannot be written.
+pub async fn block_or_enqueue(
+    store: &Arc<dyn SessionStore>,
     outbox: &Outbox,
     block: CredentialBlock,
 ) -> Result<BlockDisposition, StoreError> {
     let block = block.normalized()?;
-    match store.block_credential(block.clone()).await {
-        Ok(added) => Ok(BlockDisposition::Stored(added)),
+    match store.block_credential_with_receipt(block.clone()).await {
+        Ok((added, receipt)) => {
+            let (store, outbox) = (store.clone(), outbox.clone());
+            tokio::spawn(async move { confirm_block(&*store, &outbox, block, receipt).await });
+            Ok(BlockDisposition::Stored(added))
+        }
         Err(cause) if cause.is_retryable() => {
             let entry = outbox.record_block(&block).await?;
             tracing::warn!(entry, error = %cause, "Store unavailable; credential block queued in the outbox.");
             Ok(BlockDisposition::Queued { entry, cause })
         }
         Err(err) => Err(err),
+    }
+}
+
+/// [`confirm_closure`] for a credential block.
+pub async fn confirm_block(
+    store: &dyn SessionStore,
+    outbox: &Outbox,
+    block: CredentialBlock,
+    receipt: Receipt,
+) -> Option<u64> {
+    let cause = store.replicated(&[receipt]).await.err()?;
+    match outbox.record_block(&block).await {
+        Ok(entry) => {
+            tracing::warn!(entry, error = %cause, "Credential block not confirmed by replicas; queued in the outbox.");
+            Some(entry)
+        }
+        Err(error) => {
+            tracing::error!(%error, "Credential block not confirmed by replicas and the outbox cannot take it.");
+            None
+        }
     }
 }
 
@@ -546,27 +602,38 @@ async fn relay(
         // a pause, not an immediate retry.
         let mut back_off = false;
         // Replay every record the store takes, then confirm them together: stored counts
-        // only once replicated the configured way (Redis `WAIT`), so until then the records
-        // stay and are replayed (a replay answers `AlreadyClosed`). Replaying them all first
-        // also lets writes to a moved slot refresh the client's view of the cluster.
+        // only once replicated the configured way (Redis `WAIT`, on the connection the
+        // replays went through), so until then the records stay and are replayed (a replay
+        // answers `AlreadyClosed`). Replaying them all first also lets writes to a moved slot
+        // refresh the client's view of the cluster.
         let mut replayed = Vec::new();
+        let mut receipts = Vec::new();
         for record in pending {
             let landed = match &record {
                 Pending::Closure(entry) => store
-                    .close(&entry.session, entry.closure.clone())
+                    .close_with_receipt(&entry.session, entry.closure.clone())
                     .await
-                    .map(|outcome| match outcome {
-                        CloseOutcome::Closed { .. } => "closed",
-                        CloseOutcome::AlreadyClosed { .. } => "already_closed",
-                        CloseOutcome::Fenced { .. } => "fenced",
+                    .map(|(outcome, receipt)| {
+                        let landed = match outcome {
+                            CloseOutcome::Closed { .. } => "closed",
+                            CloseOutcome::AlreadyClosed { .. } => "already_closed",
+                            CloseOutcome::Fenced { .. } => "fenced",
+                        };
+                        (landed, receipt)
                     }),
                 Pending::Block(entry) => store
-                    .block_credential(entry.block.clone())
+                    .block_credential_with_receipt(entry.block.clone())
                     .await
-                    .map(|added| if added { "blocked" } else { "already_blocked" }),
+                    .map(|(added, receipt)| {
+                        let landed = if added { "blocked" } else { "already_blocked" };
+                        (landed, receipt)
+                    }),
             };
             match landed {
-                Ok(landed) => replayed.push((record, landed)),
+                Ok((landed, receipt)) => {
+                    replayed.push((record, landed));
+                    receipts.push(receipt);
+                }
                 Err(err) if err.is_retryable() => {
                     tracing::debug!(error = %err, "Store still unavailable for queued records.");
                     back_off = true;
@@ -583,7 +650,7 @@ async fn relay(
             }
         }
         if !replayed.is_empty() {
-            if let Err(err) = store.replicated().await {
+            if let Err(err) = store.replicated(&receipts).await {
                 tracing::debug!(error = %err, "Replayed records not confirmed by replicas yet.");
                 back_off = true;
                 replayed.clear();

@@ -12,6 +12,10 @@
 //! With Sentinel the master is asked of the sentinels before the first call, and again when
 //! calls keep failing or a write is answered `READONLY` (the master was demoted); writes then
 //! go to the master the sentinels name (see `sentinel.rs`).
+//!
+//! A write whose confirmation matters (close, block, reopen, unblock) goes in one pipeline
+//! with `CLIENT INFO`, and its confirmation is `CLIENT INFO` and `WAIT` in one pipeline: it
+//! counts only on the connection the write went through (see [`Inner::replicated`]).
 
 mod keys;
 mod scripts;
@@ -27,6 +31,7 @@ use std::time::Duration;
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, Value};
 use tokio::sync::mpsc;
 
@@ -42,8 +47,8 @@ use super::error::StoreError;
 use super::event::{CredentialMark, EventCursor, EventPage, Notice, Snapshot};
 use super::model::{
     check_exact, check_payload, check_rule, hex, lease_end, new_wakeup_id, unix_ms_now, AddWakeup,
-    ClaimedWakeup, CloseOutcome, Closure, OpenSpec, SessionId, SessionRecord, SessionStatus,
-    Wakeup,
+    ClaimedWakeup, CloseOutcome, Closure, OpenSpec, Receipt, SessionId, SessionRecord,
+    SessionStatus, Wakeup,
 };
 use super::store_url::redact;
 use super::{BoxFuture, SessionStore};
@@ -227,6 +232,51 @@ fn classify(err: RedisError) -> StoreError {
     }
 }
 
+/// Sends `pipe` as one unit on one connection: with Cluster to the master `route` names.
+async fn send_pipeline(
+    conn: &mut Conn,
+    pipe: &Pipeline,
+    route: Option<Route>,
+) -> Result<Vec<Value>, RedisError> {
+    match (conn, route) {
+        (Conn::Cluster(cluster), Some(route)) => {
+            cluster
+                .route_pipeline(
+                    pipe.clone(),
+                    0,
+                    pipe.len(),
+                    SingleNodeRoutingInfo::SpecificNode(route),
+                )
+                .await
+        }
+        (conn, _) => conn.req_packed_commands(pipe, 0, pipe.len()).await,
+    }
+}
+
+fn is_no_script(reply: &Value) -> bool {
+    matches!(reply, Value::ServerError(error)
+        if error.kind() == Some(redis::ServerErrorKind::NoScript))
+}
+
+/// What names a connection in a `CLIENT INFO` reply: its id, unique within one server
+/// process, and both ends of the socket, which tell the node and a reconnect apart (ids
+/// start again at 1 when a server restarts).
+fn connection_named(info: &Value) -> Result<String, StoreError> {
+    let info = text(info)?;
+    let fields: Vec<&str> = info
+        .split_whitespace()
+        .filter(|field| {
+            field.starts_with("id=") || field.starts_with("addr=") || field.starts_with("laddr=")
+        })
+        .collect();
+    if fields.len() != 3 {
+        return Err(StoreError::corrupt(format!(
+            "CLIENT INFO did not name the connection: {info:?}"
+        )));
+    }
+    Ok(fields.join(" "))
+}
+
 const CURSOR_PREFIX: &str = "redis:";
 
 impl RedisStore {
@@ -343,7 +393,8 @@ impl Inner {
     }
 
     /// Asks the sentinels for the master and, when it is another one than writes go to now,
-    /// replaces the connection (see [`Inner::replaced_lately`] for what that means to `WAIT`).
+    /// replaces the connection (writes made before are confirmed by their replay, see
+    /// [`Inner::replicated`]).
     async fn follow_master(&self, sentinel: &SentinelMaster) -> Result<Conn, StoreError> {
         let _one_at_a_time = sentinel.asking.lock().await;
         let current = self.conn.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -421,14 +472,6 @@ impl Inner {
         tracing::warn!("Redis Cluster calls kept failing; connecting afresh to relearn the slots.");
     }
 
-    /// True while a `WAIT` could run on a connection other than the one earlier writes went
-    /// through: `WAIT` confirms only the writes of its own connection.
-    fn replaced_lately(&self) -> bool {
-        let window = self.options.op_timeout + self.options.replica_ack_timeout + REPLACE_EVERY;
-        let stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
-        stuck.replaced_at.is_some_and(|at| at.elapsed() < window)
-    }
-
     async fn eval<T: FromRedisValue>(
         &self,
         script: &Script,
@@ -445,6 +488,60 @@ impl Inner {
         let mut conn = self.conn().await?;
         self.timed(async move { invocation.invoke_async(&mut conn).await })
             .await
+    }
+
+    /// Runs a writing script with `CLIENT INFO` in the same pipeline: a pipeline goes out as
+    /// one unit on one connection (the redis crate's `ConnectionManager` and Cluster client
+    /// both send and, on a redirect, resend it whole), so the reply names the connection the
+    /// write went through at no extra round trip. That is the [`Receipt`] `replicated` checks.
+    async fn eval_with_receipt<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<(T, Receipt), StoreError> {
+        let route = self.route_of(keys);
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args)
+            .cmd("CLIENT")
+            .arg("INFO");
+        let mut conn = self.conn().await?;
+        let (reply, info) = self
+            .timed(async move {
+                let mut replies = send_pipeline(&mut conn, &pipe, route).await?;
+                if replies.first().is_some_and(is_no_script) {
+                    script.prepare_invoke().load_async(&mut conn).await?;
+                    replies = send_pipeline(&mut conn, &pipe, route).await?;
+                }
+                let [reply, info] = <[Value; 2]>::try_from(replies).map_err(|_| {
+                    RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "a write pipeline answered with the wrong number of replies",
+                    ))
+                })?;
+                Ok((reply.extract_error()?, info.extract_error()?))
+            })
+            .await?;
+        let value = T::from_redis_value(reply)
+            .map_err(|e| StoreError::corrupt(format!("unexpected script reply: {e}")))?;
+        let receipt = Receipt {
+            connection: Some(connection_named(&info)?),
+            route,
+        };
+        Ok((value, receipt))
+    }
+
+    /// With Cluster, the route of a script's keys (they share a slot); `None` otherwise.
+    fn route_of(&self, keys: &[String]) -> Option<Route> {
+        let Probe::Cluster(_) = &self.probe else {
+            return None;
+        };
+        keys.first()
+            .map(|key| Route::with_key(key.as_bytes(), SlotAddr::Master))
     }
 
     /// Replicas every write must reach: the configured number, or for auto one when every
@@ -537,31 +634,82 @@ impl Inner {
             .unwrap_or(0))
     }
 
-    /// Waits until every write made on this handle's connections is on the required number
-    /// of replicas (`WAIT`, on every master for Cluster); `Unavailable` when they do not
-    /// confirm within `replica_ack_timeout`.
-    async fn replicated(&self) -> Result<(), StoreError> {
+    /// Waits until the writes of `receipts` are on the required number of replicas. Each is
+    /// confirmed by `CLIENT INFO` and `WAIT` in one pipeline on the connection writes go
+    /// through now (with Cluster, to the master of the write's slot): `WAIT` confirms only
+    /// its own connection's writes, so the confirmation counts only when that connection is
+    /// the one the write went through. The connection manager reconnects on its own, a
+    /// Sentinel master or a stuck Cluster connection is replaced; a write made before is
+    /// confirmed by its replay on the new connection. `Unavailable` when the connection
+    /// changed or the replicas do not confirm within `replica_ack_timeout`.
+    async fn replicated(&self, receipts: &[Receipt]) -> Result<(), StoreError> {
         let required = self.required_acks().await?;
-        if required == 0 {
+        if required == 0 || receipts.is_empty() {
             return Ok(());
         }
-        if self.replaced_lately() {
-            // Writes made on the replaced connection cannot be confirmed on this one: they
-            // stay in the outbox, whose replay writes them again here.
-            return Err(StoreError::Unavailable(
-                "the connection was replaced; earlier writes are confirmed by their replay"
-                    .to_owned(),
-            ));
+        // One confirmation per node: several writes through the same connection share it.
+        let mut by_route: Vec<(Option<Route>, &str)> = Vec::new();
+        for receipt in receipts {
+            let Some(connection) = receipt.connection.as_deref() else {
+                return Err(StoreError::Failed(
+                    "a receipt of another store cannot be confirmed by Redis".to_owned(),
+                ));
+            };
+            match by_route.iter().find(|(route, _)| *route == receipt.route) {
+                Some((_, earlier)) if *earlier != connection => {
+                    return Err(StoreError::Unavailable(
+                        "the writes went through different connections to one node; they are confirmed by their replay".to_owned(),
+                    ))
+                }
+                Some(_) => {}
+                None => by_route.push((receipt.route, connection)),
+            }
         }
+        let confirmations = by_route
+            .into_iter()
+            .map(|(route, connection)| self.confirm_on(route, connection, required));
+        try_join_all(confirmations).await?;
+        Ok(())
+    }
+
+    /// `CLIENT INFO` and `WAIT` in one pipeline to the node `route` names (the only one
+    /// without Cluster); confirmed when the connection is still `connection`.
+    async fn confirm_on(
+        &self,
+        route: Option<Route>,
+        connection: &str,
+        required: u32,
+    ) -> Result<(), StoreError> {
         let timeout = self.options.replica_ack_timeout;
-        let acked: u64 = self
-            .command(
-                redis::cmd("WAIT")
-                    .arg(required)
-                    .arg(timeout.as_millis() as u64)
-                    .clone(),
-            )
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT")
+            .arg("INFO")
+            .cmd("WAIT")
+            .arg(required)
+            .arg(timeout.as_millis() as u64);
+        let mut conn = self.conn().await?;
+        let replies = self
+            .timed(async move {
+                send_pipeline(&mut conn, &pipe, route)
+                    .await?
+                    .into_iter()
+                    .map(Value::extract_error)
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .await?;
+        let [info, acked] = replies.as_slice() else {
+            return Err(StoreError::corrupt(
+                "a confirmation pipeline answered with the wrong number of replies",
+            ));
+        };
+        let now = connection_named(info)?;
+        if now != connection {
+            return Err(StoreError::Unavailable(format!(
+                "the connection changed since the write ({connection} then, {now} now): WAIT here confirms nothing of it; it is confirmed by its replay"
+            )));
+        }
+        let acked = u64::from_redis_value_ref(acked)
+            .map_err(|e| StoreError::corrupt(format!("unexpected WAIT reply: {e}")))?;
         if acked < u64::from(required) {
             return Err(StoreError::Unavailable(format!(
                 "written, but on {acked} of {required} replicas after {timeout:?}"
@@ -597,7 +745,11 @@ impl Inner {
         record_from_hash(id, pairs(&reply)?)
     }
 
-    async fn open(&self, id: &SessionId, spec: OpenSpec) -> Result<SessionRecord, StoreError> {
+    async fn open(
+        &self,
+        id: &SessionId,
+        spec: OpenSpec,
+    ) -> Result<(SessionRecord, Receipt), StoreError> {
         let spec = spec.checked()?;
         let p = partition_of(id.as_str());
         let sid = id.as_str();
@@ -615,12 +767,19 @@ impl Inner {
             self.keys.marks(p),
             self.keys.events(p),
         ];
-        let reply: Value = self.eval(&scripts().open, &keys, &args).await?;
-        record_from_hash(id, pairs(&reply)?)?
-            .ok_or_else(|| StoreError::corrupt("open returned no session"))
+        let (reply, receipt): (Value, _) = self
+            .eval_with_receipt(&scripts().open, &keys, &args)
+            .await?;
+        let record = record_from_hash(id, pairs(&reply)?)?
+            .ok_or_else(|| StoreError::corrupt("open returned no session"))?;
+        Ok((record, receipt))
     }
 
-    async fn close(&self, id: &SessionId, closure: Closure) -> Result<CloseOutcome, StoreError> {
+    async fn close(
+        &self,
+        id: &SessionId,
+        closure: Closure,
+    ) -> Result<(CloseOutcome, Receipt), StoreError> {
         let closure = closure.normalized()?;
         let p = partition_of(id.as_str());
         let sid = id.as_str();
@@ -646,7 +805,9 @@ impl Inner {
             self.keys.marks(p),
             self.keys.events(p),
         ];
-        let reply: Value = self.eval(&scripts().close, &keys, &args).await?;
+        let (reply, receipt): (Value, _) = self
+            .eval_with_receipt(&scripts().close, &keys, &args)
+            .await?;
         let parts = items(&reply)?;
         let word = parts.first().map(text).transpose()?.unwrap_or_default();
         let record = |value: Option<&Value>| -> Result<SessionRecord, StoreError> {
@@ -654,21 +815,24 @@ impl Inner {
             record_from_hash(id, pairs(value)?)?
                 .ok_or_else(|| StoreError::corrupt("close reply with an empty record"))
         };
-        match word.as_str() {
-            "fenced" => Ok(CloseOutcome::Fenced {
+        let outcome = match word.as_str() {
+            "fenced" => CloseOutcome::Fenced {
                 current_epoch: number("epoch", &text(reply_part(parts, 1)?)?)?,
-            }),
-            "already" => Ok(CloseOutcome::AlreadyClosed {
+            },
+            "already" => CloseOutcome::AlreadyClosed {
                 record: record(parts.get(1))?,
-            }),
-            "closed" => Ok(CloseOutcome::Closed {
+            },
+            "closed" => CloseOutcome::Closed {
                 cancelled_wakeups: number("cancelled", &text(reply_part(parts, 1)?)?)?,
                 record: record(parts.get(2))?,
-            }),
-            other => Err(StoreError::corrupt(format!(
-                "unexpected close reply {other:?}"
-            ))),
-        }
+            },
+            other => {
+                return Err(StoreError::corrupt(format!(
+                    "unexpected close reply {other:?}"
+                )))
+            }
+        };
+        Ok((outcome, receipt))
     }
 
     async fn reset_resume(
@@ -885,7 +1049,10 @@ impl Inner {
         Ok(removed == 1)
     }
 
-    async fn block_credential(&self, block: CredentialBlock) -> Result<bool, StoreError> {
+    async fn block_credential(
+        &self,
+        block: CredentialBlock,
+    ) -> Result<(bool, Receipt), StoreError> {
         let block = block.normalized()?;
         let fp = block.fingerprint.as_str();
         let p = partition_of(fp);
@@ -903,11 +1070,16 @@ impl Inner {
             self.keys.generations(p),
             self.keys.events(p),
         ];
-        let added: i64 = self.eval(&scripts().block, &keys, &args).await?;
-        Ok(added == 1)
+        let (added, receipt): (i64, _) = self
+            .eval_with_receipt(&scripts().block, &keys, &args)
+            .await?;
+        Ok((added == 1, receipt))
     }
 
-    async fn unblock_credential(&self, fingerprint: &Fingerprint) -> Result<bool, StoreError> {
+    async fn unblock_credential(
+        &self,
+        fingerprint: &Fingerprint,
+    ) -> Result<(bool, Receipt), StoreError> {
         let fp = fingerprint.as_str();
         let p = partition_of(fp);
         let mut args = self.emit_args(p);
@@ -917,8 +1089,10 @@ impl Inner {
             self.keys.generations(p),
             self.keys.events(p),
         ];
-        let removed: i64 = self.eval(&scripts().unblock, &keys, &args).await?;
-        Ok(removed == 1)
+        let (removed, receipt): (i64, _) = self
+            .eval_with_receipt(&scripts().unblock, &keys, &args)
+            .await?;
+        Ok((removed == 1, receipt))
     }
 
     async fn blocked_credentials(&self) -> Result<Vec<CredentialBlock>, StoreError> {
@@ -1187,6 +1361,15 @@ impl SessionStore for RedisStore {
         spec: OpenSpec,
     ) -> BoxFuture<'_, Result<SessionRecord, StoreError>> {
         let id = id.clone();
+        Box::pin(async move { Ok(self.inner.open(&id, spec).await?.0) })
+    }
+
+    fn open_with_receipt(
+        &self,
+        id: &SessionId,
+        spec: OpenSpec,
+    ) -> BoxFuture<'_, Result<(SessionRecord, Receipt), StoreError>> {
+        let id = id.clone();
         Box::pin(async move { self.inner.open(&id, spec).await })
     }
 
@@ -1195,6 +1378,15 @@ impl SessionStore for RedisStore {
         id: &SessionId,
         closure: Closure,
     ) -> BoxFuture<'_, Result<CloseOutcome, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move { Ok(self.inner.close(&id, closure).await?.0) })
+    }
+
+    fn close_with_receipt(
+        &self,
+        id: &SessionId,
+        closure: Closure,
+    ) -> BoxFuture<'_, Result<(CloseOutcome, Receipt), StoreError>> {
         let id = id.clone();
         Box::pin(async move { self.inner.close(&id, closure).await })
     }
@@ -1252,6 +1444,13 @@ impl SessionStore for RedisStore {
     }
 
     fn block_credential(&self, block: CredentialBlock) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move { Ok(self.inner.block_credential(block).await?.0) })
+    }
+
+    fn block_credential_with_receipt(
+        &self,
+        block: CredentialBlock,
+    ) -> BoxFuture<'_, Result<(bool, Receipt), StoreError>> {
         Box::pin(self.inner.block_credential(block))
     }
 
@@ -1259,6 +1458,14 @@ impl SessionStore for RedisStore {
         &self,
         fingerprint: &Fingerprint,
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let fingerprint = fingerprint.clone();
+        Box::pin(async move { Ok(self.inner.unblock_credential(&fingerprint).await?.0) })
+    }
+
+    fn unblock_credential_with_receipt(
+        &self,
+        fingerprint: &Fingerprint,
+    ) -> BoxFuture<'_, Result<(bool, Receipt), StoreError>> {
         let fingerprint = fingerprint.clone();
         Box::pin(async move { self.inner.unblock_credential(&fingerprint).await })
     }
@@ -1287,8 +1494,9 @@ impl SessionStore for RedisStore {
         Box::pin(self.inner.prune_closure_details(closed_before_ms))
     }
 
-    fn replicated(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.inner.replicated())
+    fn replicated(&self, receipts: &[Receipt]) -> BoxFuture<'_, Result<(), StoreError>> {
+        let receipts = receipts.to_vec();
+        Box::pin(async move { self.inner.replicated(&receipts).await })
     }
 
     fn replicas_to_ack(&self) -> Option<u32> {

@@ -27,6 +27,10 @@ if epoch > current then
   epoch, epoch_text = current, current_text
 end
 if cur[2] == 'closed' then
+  -- Rewritten unchanged, so the answer is a write of this connection: a WAIT on it then also
+  -- covers the closure found (replication is in order), which may have been written through
+  -- a connection that is gone.
+  redis.call('HSET', KEYS[1], 'status', 'closed')
   return {'already', redis.call('HGETALL', KEYS[1])}
 end
 -- Writes that free memory come first, so the close completes even near maxmemory.
