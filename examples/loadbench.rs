@@ -14,7 +14,7 @@
 //! how busy both cores were, so a run limited by core 0 rather than the proxy shows as such.
 //!
 //! Flags: `--out DIR` (default `target/loadbench`), `--quick` (a few seconds per phase),
-//! `--haltgate PATH` (skip building the binary), `--nginx PATH`, `--no-nginx`.
+//! `--haltgate PATH` (skip building the binary), `--nginx PATH`, `--no-nginx`, `--no-lost`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -61,6 +61,7 @@ struct Args {
     haltgate: Option<PathBuf>,
     nginx: Option<PathBuf>,
     no_nginx: bool,
+    no_lost: bool,
     upstream_child: bool,
 }
 
@@ -71,6 +72,7 @@ fn parse_args() -> Args {
         haltgate: None,
         nginx: None,
         no_nginx: false,
+        no_lost: false,
         upstream_child: false,
     };
     let mut raw = std::env::args().skip(1);
@@ -85,9 +87,10 @@ fn parse_args() -> Args {
             "--haltgate" => args.haltgate = Some(PathBuf::from(value())),
             "--nginx" => args.nginx = Some(PathBuf::from(value())),
             "--no-nginx" => args.no_nginx = true,
+            "--no-lost" => args.no_lost = true,
             "--upstream-child" => args.upstream_child = true,
             other => fail(&format!(
-                "unknown flag {other}; flags: --out DIR, --quick, --haltgate PATH, --nginx PATH, --no-nginx"
+                "unknown flag {other}; flags: --out DIR, --quick, --haltgate PATH, --nginx PATH, --no-nginx, --no-lost"
             )),
         }
     }
@@ -112,9 +115,20 @@ struct Plan {
     idle_connections: usize,
     halts: u64,
     store_window: Duration,
+    /// Whether mixed traffic holds its 0.5 % of lost-access answers (`--no-lost`: without).
+    lost: bool,
 }
 
 impl Plan {
+    /// The mixed traffic of the throughput and latency phases.
+    fn mix(&self) -> Mix {
+        if self.lost {
+            Mix::standard()
+        } else {
+            Mix::passing()
+        }
+    }
+
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
@@ -129,6 +143,7 @@ impl Plan {
                 idle_connections: 1000,
                 halts: 200,
                 store_window: Duration::from_secs(1),
+                lost: true,
             }
         } else {
             Plan {
@@ -143,6 +158,7 @@ impl Plan {
                 idle_connections: 1000,
                 halts: 1000,
                 store_window: Duration::from_secs(3),
+                lost: true,
             }
         }
     }
@@ -178,7 +194,10 @@ fn main() {
         .build()
         .expect("runtime");
     let bench = Bench {
-        plan: Plan::new(args.quick),
+        plan: Plan {
+            lost: !args.no_lost,
+            ..Plan::new(args.quick)
+        },
         quick: args.quick,
         out: args.out.clone(),
         haltgate,
@@ -1614,7 +1633,7 @@ impl Bench {
         upstream: &Upstream,
         duration: Duration,
     ) -> Throughput {
-        let mix = Arc::new(Mix::standard());
+        let mix = Arc::new(self.plan.mix());
         let own = std::process::id();
         let proxy_cpu = proxy.map(|p| cpu_time(p.pid()));
         let (self_cpu, upstream_cpu) = (cpu_time(own), cpu_time(upstream.process.pid()));
@@ -1657,7 +1676,7 @@ impl Bench {
     ) -> TargetResult {
         let plan = &self.plan;
         let idle_at_start = proxy.map(|p| memory(p.pid()));
-        let mix = Arc::new(Mix::standard());
+        let mix = Arc::new(self.plan.mix());
         let phase = |what: &str| self.progress.phase(format!("{name}: {what}"));
 
         phase("warm-up");
@@ -2078,11 +2097,16 @@ impl Report<'_> {
                 "- layout: one core only, nothing pinned: compare ratios, not absolutes"
             );
         }
+        let lost = if self.bench.plan.lost {
+            "0.5 % Slack lost-access answers (`not_in_channel` on a write, each from a fresh \
+             unscoped session)"
+        } else {
+            "no lost-access answers in the mixed phases (`--no-lost`)"
+        };
         let _ = writeln!(
             r,
             "- traffic: Slack, GitHub, Linear, MCP and Anthropic JSON answers of 1–16 KB, 5 % \
-             Anthropic event streams (12 events), 0.5 % Slack lost-access answers \
-             (`not_in_channel` on a write, each from a fresh unscoped session); a session header and a \
+             Anthropic event streams (12 events), {lost}; a session header and a \
              bearer token on every request; HTTP/1.1 keep-alive throughout"
         );
         let _ = writeln!(
