@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 const REDIS_CLI: &str = "/usr/bin/redis-cli";
 
+/// `redis-cli -p PORT ARGS…`, its standard output as text.
+fn cli_on(port: u16, args: &[&str]) -> String {
+    let out = Command::new(REDIS_CLI)
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// One redis-server with AOF on, so a kill and restart on the same directory keeps the data.
 pub struct RedisServer {
     port: u16,
@@ -198,12 +208,7 @@ impl RedisServer {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(REDIS_CLI)
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cli_on(self.port, args)
     }
 }
 
@@ -481,12 +486,7 @@ impl SentinelProcess {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(REDIS_CLI)
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cli_on(self.port, args)
     }
 }
 
