@@ -16,8 +16,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use haltgate::body::{self, BoxError, ProxyBody};
 use haltgate::halt::{
-    BoxFuture, FixedProvider, Halt, HaltLayer, HaltResponse, Matched, Outcome, ScopeUnavailable,
-    SessionHeader, SessionHooks,
+    BoxFuture, FixedProvider, Halt, HaltLayer, Matched, Outcome, ScopeUnavailable, SessionHeader,
+    SessionHooks,
 };
 use haltgate::rules::RuleSet;
 use http::{Request, Response, StatusCode};
@@ -43,13 +43,7 @@ impl SessionHooks for HaltOnMatch {
     }
 
     fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome> {
-        let halt = HaltResponse::rule_matched(
-            matched.decision.class,
-            matched.decision.rule.as_deref().unwrap_or("-"),
-            matched.session.as_ref().map(|s| s.id.as_str()),
-            None,
-            matched.upstream_status,
-        );
+        let halt = matched.halt_response();
         Box::pin(async move { Outcome::Halt(halt) })
     }
 }

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use haltgate::body::{self, ProxyBody};
 use haltgate::halt::{
-    BoxFuture, HaltLayer, HaltResponse, Matched, Outcome, ScopeUnavailable, SessionHeader,
-    SessionHooks,
+    BoxFuture, HaltLayer, Matched, Outcome, ScopeUnavailable, SessionHeader, SessionHooks,
 };
 use haltgate::rules::RuleSet;
 use http::{Request, Response};
@@ -36,13 +35,7 @@ impl SessionHooks for PrintAndHalt {
             "hook: {} by {:?}",
             matched.decision.class, matched.decision.rule
         );
-        let halt = HaltResponse::rule_matched(
-            matched.decision.class,
-            matched.decision.rule.as_deref().unwrap_or("-"),
-            matched.session.as_ref().map(|s| s.id.as_str()),
-            matched.session.as_ref().and_then(|s| s.epoch),
-            matched.upstream_status,
-        );
+        let halt = matched.halt_response();
         Box::pin(async move { Outcome::Halt(halt) })
     }
 }

@@ -94,6 +94,20 @@ pub struct Matched {
     pub detail: String,
 }
 
+impl Matched {
+    /// The halt for this match, naming the session and epoch as the request did: what a hook
+    /// that keeps no session state of its own answers.
+    pub fn halt_response(&self) -> HaltResponse {
+        HaltResponse::rule_matched(
+            self.decision.class,
+            self.decision.rule.as_deref().unwrap_or("-"),
+            self.session.as_ref().map(|s| s.id.as_str()),
+            self.session.as_ref().and_then(|s| s.epoch),
+            self.upstream_status,
+        )
+    }
+}
+
 /// What happens to the response after a match.
 #[derive(Debug)]
 pub enum Outcome {

@@ -45,13 +45,7 @@ impl SessionHooks for ScopedHalts {
     }
 
     fn on_match(&self, matched: Matched) -> BoxFuture<'static, Outcome> {
-        let halt = HaltResponse::rule_matched(
-            matched.decision.class,
-            matched.decision.rule.as_deref().unwrap_or("-"),
-            matched.session.as_ref().map(|s| s.id.as_str()),
-            None,
-            matched.upstream_status,
-        );
+        let halt = matched.halt_response();
         Box::pin(async move { Outcome::Halt(halt) })
     }
 }

@@ -228,36 +228,36 @@ impl Outbox {
     pub async fn record(&self, session: &SessionId, closure: &Closure) -> Result<u64, StoreError> {
         let closure = closure.normalized()?;
         let session = session.clone();
-        let id = self
-            .blocking(move |inner| {
-                inner.insert(|id| {
-                    Pending::Closure(OutboxEntry {
-                        id,
-                        session,
-                        closure,
-                        recorded_at_ms: unix_ms_now(),
-                    })
-                })
+        self.insert_pending(move |id| {
+            Pending::Closure(OutboxEntry {
+                id,
+                session,
+                closure,
+                recorded_at_ms: unix_ms_now(),
             })
-            .await?;
-        self.wake.notify_one();
-        Ok(id)
+        })
+        .await
     }
 
     /// Writes the credential block durably and wakes the relay; returns the record id.
     pub async fn record_block(&self, block: &CredentialBlock) -> Result<u64, StoreError> {
         let block = block.normalized()?;
-        let id = self
-            .blocking(move |inner| {
-                inner.insert(|id| {
-                    Pending::Block(BlockEntry {
-                        id,
-                        block,
-                        recorded_at_ms: unix_ms_now(),
-                    })
-                })
+        self.insert_pending(move |id| {
+            Pending::Block(BlockEntry {
+                id,
+                block,
+                recorded_at_ms: unix_ms_now(),
             })
-            .await?;
+        })
+        .await
+    }
+
+    /// Writes one pending record (made from its new id) durably, then wakes the relay.
+    async fn insert_pending(
+        &self,
+        make: impl FnOnce(u64) -> Pending + Send + 'static,
+    ) -> Result<u64, StoreError> {
+        let id = self.blocking(move |inner| inner.insert(make)).await?;
         self.wake.notify_one();
         Ok(id)
     }
